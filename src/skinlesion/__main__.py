@@ -1,0 +1,3 @@
+from skinlesion.cli import main
+
+main()

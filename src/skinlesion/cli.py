@@ -1,0 +1,89 @@
+"""The command line: a thin layer that turns options into config dataclasses and library calls."""
+
+import json
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from skinlesion.classes import parse_codes
+
+
+def fail_cleanly(call):
+    """Run a library call; turn the errors a user can fix into a clean message and exit 1."""
+    from skinlesion.imaging import ImageError
+    from skinlesion.isic import DataError
+    try:
+        return call()
+    except (DataError, ImageError, ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group()
+@click.version_option(package_name="skinlesion")
+def main():
+    """Classify dermoscopic photos into the ISIC 2019 diagnoses (a research tool, not a diagnosis)."""
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder in the official ISIC 2019 layout (ISIC_2019_Training_Input/ + CSVs).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--balance", "balance_name", default="paper", show_default=True,
+              type=click.Choice(["paper", "all"]),
+              help="paper: 6 classes undersampled to 867; all: keep every image (balance in training).")
+@click.option("--classes", default=None, help="Comma-separated class codes to keep (overrides the preset).")
+@click.option("--min-images", type=int, default=None, help="Drop classes with fewer images than this.")
+@click.option("--cap", type=int, default=None, help="Undersample larger classes to this many (0 = no cap).")
+@click.option("--protocol", default="lesion", show_default=True, type=click.Choice(["lesion", "paper"]),
+              help="lesion: split by lesion, then balance train; paper: balance, then split per image.")
+@click.option("--val-fraction", default=0.15, show_default=True)
+@click.option("--test-fraction", default=0.15, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--size", default=64, show_default=True, help="Cached image side in pixels.")
+@click.option("--resize", "policy", default="squash", show_default=True, type=click.Choice(["squash", "crop"]),
+              help="squash: plain resize (the paper); crop: shorter side + centre crop.")
+@click.option("--workers", default=0, show_default=True, help="Decoding processes (0 = one per CPU).")
+@click.option("--no-merge-near-duplicates", is_flag=True,
+              help="Do not put near-identical images into the same group before splitting.")
+def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol, val_fraction, test_fraction,
+            seed, size, policy, workers, no_merge_near_duplicates):
+    """Read ISIC 2019, split by lesion, balance, and cache resized pixels."""
+    from dataclasses import replace
+
+    from skinlesion.cache import CacheConfig
+    from skinlesion.prepare import PrepareConfig, prepare as run_prepare
+    from skinlesion.splits import SplitConfig, balance_preset
+
+    def build():
+        balance = balance_preset(balance_name)
+        if classes:
+            balance = replace(balance, classes=parse_codes(classes))
+        if min_images is not None:
+            balance = replace(balance, min_images=min_images)
+        if cap is not None:
+            balance = replace(balance, cap=cap or None)
+        split = SplitConfig(protocol, val_fraction, test_fraction, seed, not no_merge_near_duplicates)
+        config = PrepareConfig(balance, split, CacheConfig(size, policy, workers))
+        return run_prepare(data_dir, out_dir, config)
+
+    summary = fail_cleanly(build)
+    echo_prepare_summary(summary, out_dir)
+
+
+def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
+    """Print class counts before and after balancing, per split, and what was skipped."""
+    click.echo(f"read {summary['images_read']} images "
+               f"({'cache reused' if summary['cache_reused'] else 'cache built'}: {summary['cache']})")
+    click.echo("images per class before balancing:")
+    click.echo("  " + "  ".join(f"{k} {v}" for k, v in summary["counts_before"].items()))
+    if summary["dropped_classes"]:
+        click.echo(f"dropped classes (too few images): {', '.join(summary['dropped_classes'])}")
+    click.echo("images per class and split after balancing:")
+    click.echo(pd.DataFrame(summary["counts_after"]).to_string())
+    click.echo(f"near-duplicate pairs: {summary['near_duplicate_pairs']}, "
+               f"across splits: {summary['near_duplicate_pairs_across_splits']} (see {out_dir / 'near_duplicates.csv'})")
+    click.echo(f"lesions with images in more than one split: {summary['lesions_across_splits']}")
+    if summary["problems"]:
+        click.echo(f"skipped {summary['problems']} problem rows or images (see {out_dir / 'problems.csv'})")
+    click.echo(f"manifest: {out_dir / 'splits.csv'}")

@@ -1,0 +1,79 @@
+"""The one image loader: decode, orient, resize. Training cache and predictor both use it; no torch."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+RESIZE_POLICIES = ("squash", "crop")  # squash: the paper's plain resize; crop: shorter side + centre crop
+# Decompression-bomb guard: a real dermoscopic photo is far below this (BCN images are 1024x1024).
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message says why in plain words."""
+
+
+def open_rgb(source, draft_size: int | None = None) -> Image.Image:
+    """Decode a path or bytes into an upright RGB image, decoding JPEGs at reduced scale when possible."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+        if draft_size and image.format == "JPEG":
+            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except Image.DecompressionBombError:
+        raise ImageError("the image has too many pixels to be a photo (over 64 megapixels)") from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
+        raise ImageError(f"not a readable image ({error})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return an 8-bit RGB copy: alpha is composited on white, 16-bit and palette images are converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / peak * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def resize(image: Image.Image, size: int, policy: str) -> np.ndarray:
+    """Resize an RGB image to (size, size, 3) uint8 by the named policy."""
+    if policy == "squash":
+        out = image.resize((size, size), Image.BILINEAR)
+    elif policy == "crop":
+        scale = size / min(image.size)
+        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        out = image.resize((w, h), Image.BILINEAR)
+        left, top = (w - size) // 2, (h - size) // 2
+        out = out.crop((left, top, left + size, top + size))
+    else:
+        raise ValueError(f"unknown resize policy {policy!r}; choose from {', '.join(RESIZE_POLICIES)}")
+    return np.asarray(out, dtype=np.uint8)  # (H, W, 3)
+
+
+def load_pixels(source, size: int, policy: str) -> np.ndarray:
+    """Decode and resize one image: the shared preprocessing of training and prediction."""
+    return resize(open_rgb(source, draft_size=size), size, policy)
+
+
+def difference_hash(pixels: np.ndarray) -> str:
+    """Return a 512-bit perceptual hash (hex) of an RGB array, for near-duplicate search.
+
+    Horizontal and vertical brightness gradients of the central 60%: the vignette of a
+    dermatoscope dominates whole-image hashes and makes unrelated photos look alike.
+    """
+    h, w = pixels.shape[:2]
+    centre = Image.fromarray(pixels).convert("L").crop((w // 5, h // 5, w - w // 5, h - h // 5))
+    cells = np.asarray(centre.resize((17, 17), Image.BILINEAR), dtype=np.int16)
+    bits = np.concatenate([(cells[:16, 1:] > cells[:16, :-1]).ravel(), (cells[1:, :16] > cells[:-1, :16]).ravel()])
+    return np.packbits(bits).tobytes().hex()

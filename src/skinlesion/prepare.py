@@ -1,0 +1,109 @@
+"""The data stage end to end: read -> cache -> split/balance -> manifest (splits.csv + prepared.json)."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
+from skinlesion.classes import CODES
+from skinlesion.isic import read_isic
+from skinlesion.splits import BalanceConfig, SplitConfig, assign_splits, count_table
+
+MANIFEST = "splits.csv"
+PREPARED_JSON = "prepared.json"
+PROBLEMS_CSV = "problems.csv"
+NEAR_DUPLICATES_CSV = "near_duplicates.csv"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    near_duplicate_bits: int = 48  # of 512 hash bits; see cache.near_duplicate_pairs
+
+
+@dataclass
+class Prepared:
+    """A prepared data set as training and evaluation read it."""
+
+    out_dir: Path
+    table: pd.DataFrame  # image, label, lesion_id, group, split, cache_row
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    classes: tuple[str, ...]
+    size: int
+    policy: str
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.table[self.table["split"] == name]
+
+
+def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool = True) -> dict:
+    """Build the pixel cache and the manifest; return the summary written to prepared.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    isic = read_isic(Path(data_dir))
+    cache = build_cache(isic.images, out_dir / "cache", config.cache, progress=progress)
+    problems = list(isic.problems)
+    readable = cache.index["problem"] == ""
+    for image, path, problem in cache.index.loc[~readable, ["image", "path", "problem"]].itertuples(index=False):
+        problems.append({"image": image, "path": path, "problem": problem})
+    images = isic.images.assign(cache_row=np.arange(len(isic.images)))[readable.to_numpy()]
+    pairs = near_duplicate_pairs(cache.index, config.near_duplicate_bits)
+    result = assign_splits(images, config.balance, config.split, pairs)
+    table = result.table
+    table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(out_dir / MANIFEST, index=False)
+    pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
+    cross = cross_split_pairs(table, pairs)
+    cross.to_csv(out_dir / NEAR_DUPLICATES_CSV, index=False)
+    before = images["label"].value_counts()
+    summary = {
+        "data": str(Path(data_dir).resolve()),
+        "classes": list(result.classes),
+        "dropped_classes": list(result.dropped_classes),
+        "size": config.cache.size,
+        "policy": config.cache.policy,
+        "config": asdict(config),
+        "cache": f"cache/pixels-{config.cache.size}-{config.cache.policy}.npy",
+        "cache_reused": cache.reused,
+        "images_read": int(len(images)),
+        "problems": len(problems),
+        "near_duplicate_pairs": len(pairs),
+        "near_duplicate_pairs_across_splits": int(len(cross)),
+        "lesions_across_splits": lesions_across_splits(table),
+        "counts_before": {c: int(before[c]) for c in CODES if c in before},
+        "counts_after": count_table(table, result.classes).to_dict(),
+    }
+    (out_dir / PREPARED_JSON).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def cross_split_pairs(table: pd.DataFrame, pairs) -> pd.DataFrame:
+    """Return near-duplicate pairs whose images sit in two different used splits."""
+    split_of = dict(zip(table["image"], table["split"]))
+    rows = [(a, b, split_of[a], split_of[b]) for a, b in pairs
+            if split_of.get(a, "unused") != "unused" and split_of.get(b, "unused") != "unused"
+            and split_of[a] != split_of[b]]
+    return pd.DataFrame(rows, columns=["image_a", "image_b", "split_a", "split_b"])
+
+
+def lesions_across_splits(table: pd.DataFrame) -> int:
+    """Count lesion ids that have images in more than one used split (leakage)."""
+    used = table[(table["split"] != "unused") & (table["lesion_id"] != "")]
+    return int((used.groupby("lesion_id")["split"].nunique() > 1).sum())
+
+
+def load_prepared(out_dir: Path) -> Prepared:
+    """Open a folder written by prepare(); fail with the fix if it is not one."""
+    out_dir = Path(out_dir)
+    meta_path = out_dir / PREPARED_JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{out_dir}: not a prepared data folder (no {PREPARED_JSON}); "
+                                f"run 'skinlesion prepare --data DIR --out {out_dir}' first")
+    meta = json.loads(meta_path.read_text())
+    table = pd.read_csv(out_dir / MANIFEST, dtype={"lesion_id": str, "group": str}, keep_default_na=False)
+    pixels = np.load(out_dir / meta["cache"], mmap_mode="r")
+    return Prepared(out_dir, table, pixels, tuple(meta["classes"]), meta["size"], meta["policy"])

@@ -1,0 +1,175 @@
+"""Pure, seeded data steps: keep classes, split by lesion (or per image), balance by undersampling."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.classes import CODES
+
+SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # kept in the manifest so that nothing is dropped silently
+PROTOCOLS = ("lesion", "paper")
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """Which classes to keep and how far to undersample the training images."""
+
+    classes: tuple[str, ...] = CODES
+    min_images: int = 0  # drop a class with fewer images than this (counted before splitting)
+    cap: int | None = None  # undersample every larger class to this many images; None keeps all
+
+
+BALANCE_PRESETS = {
+    # The paper: six classes, each undersampled to 867 images (the AK count in the full set).
+    "paper": BalanceConfig(classes=("MEL", "NV", "BCC", "AK", "BKL", "SCC"), cap=867),
+    # Keep every image of every class; training balances by class weights or a sampler instead.
+    "all": BalanceConfig(),
+}
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How images are divided into train/val/test."""
+
+    protocol: str = "lesion"  # "lesion": grouped split, then balance train; "paper": balance, then split per image
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    merge_near_duplicates: bool = True  # near-identical images join one group, as lesion ids miss some
+
+
+@dataclass
+class SplitResult:
+    table: pd.DataFrame  # the input rows plus "group" and "split"
+    classes: tuple[str, ...]
+    dropped_classes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def balance_preset(name: str) -> BalanceConfig:
+    """Return a named balancing preset, or fail with the choices."""
+    try:
+        return BALANCE_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown balance preset {name!r}; choose from {', '.join(BALANCE_PRESETS)}") from None
+
+
+def kept_classes(labels: pd.Series, balance: BalanceConfig) -> tuple[str, ...]:
+    """Return the configured classes that have at least min_images images."""
+    counts = labels.value_counts()
+    return tuple(c for c in balance.classes if counts.get(c, 0) >= max(balance.min_images, 1))
+
+
+def undersample(table: pd.DataFrame, cap: int | None, seed: int) -> pd.Series:
+    """Return a mask keeping at most `cap` rows per label, chosen at random without replacement."""
+    keep = pd.Series(True, index=table.index)
+    if cap is None:
+        return keep
+    rng = np.random.default_rng(seed)
+    for _, rows in table.groupby("label", sort=True):
+        if len(rows) > cap:
+            dropped = rng.choice(rows.index.to_numpy(), size=len(rows) - cap, replace=False)
+            keep[dropped] = False
+    return keep
+
+
+def lesion_groups(table: pd.DataFrame, near_duplicate_pairs=()) -> pd.Series:
+    """Group images by lesion_id (an image without one is its own group); join near-duplicates."""
+    parent = {}
+
+    def root(x):
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    keys = [lid if lid else f"image:{img}" for img, lid in zip(table["image"], table["lesion_id"])]
+    key_of = dict(zip(table["image"], keys))
+    for a, b in near_duplicate_pairs:
+        if a in key_of and b in key_of:
+            ra, rb = root(key_of[a]), root(key_of[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    return pd.Series([root(k) for k in keys], index=table.index, name="group")
+
+
+def split_groups(table: pd.DataFrame, groups: pd.Series, config: SplitConfig) -> pd.Series:
+    """Assign whole groups to splits, stratified by each group's majority label, seeded."""
+    fractions = {"train": 1 - config.val_fraction - config.test_fraction,
+                 "val": config.val_fraction, "test": config.test_fraction}
+    rng = np.random.default_rng(config.seed)
+    frame = pd.DataFrame({"group": groups, "label": table["label"]})
+    votes = frame.groupby(["group", "label"]).size().reset_index(name="n")
+    votes = votes.sort_values(["group", "n", "label"], ascending=[True, False, True]).drop_duplicates("group")
+    group_label = votes.set_index("group")["label"]  # the majority label of each group
+    group_size = frame.groupby("group").size()
+    split_of = {}
+    for label in sorted(group_label.unique()):
+        members = group_label.index[group_label == label].to_numpy()
+        members = members[rng.permutation(len(members))]
+        # Largest groups first so the small ones can even out the counts at the end.
+        members = sorted(members, key=lambda g: -group_size[g])
+        total = group_size[members].sum()
+        filled = dict.fromkeys(SPLITS, 0)
+        for group in members:
+            deficit = {s: fractions[s] * total - filled[s] for s in SPLITS}
+            chosen = max(SPLITS[::-1], key=lambda s: deficit[s])  # ties go to test, then val
+            split_of[group] = chosen
+            filled[chosen] += group_size[group]
+    return groups.map(split_of).rename("split")
+
+
+def split_images(table: pd.DataFrame, config: SplitConfig) -> pd.Series:
+    """Assign single images to splits at random, stratified by label (the paper's protocol)."""
+    groups = pd.Series([f"image:{i}" for i in table["image"]], index=table.index)
+    return split_groups(table, groups, config)
+
+
+def assign_splits(table: pd.DataFrame, balance: BalanceConfig, config: SplitConfig,
+                  near_duplicate_pairs=()) -> SplitResult:
+    """Keep classes, split and balance; every input row comes back with a split or 'unused'."""
+    if config.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {config.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    classes = kept_classes(table["label"], balance)
+    present = set(table["label"])
+    dropped = tuple(c for c in balance.classes if c in present and c not in classes)
+    if not classes:
+        raise ValueError("no class has enough images; lower --min-images or check --classes")
+    table = table.reset_index(drop=True).copy()
+    pairs = near_duplicate_pairs if config.merge_near_duplicates else ()
+    table["group"] = lesion_groups(table, pairs)
+    table["split"] = UNUSED
+    usable = table["label"].isin(classes)
+    if config.protocol == "paper":
+        # Balance the whole data set first, then split single images: photos of one
+        # lesion land on both sides, which is what inflates the paper's result.
+        balanced = usable & undersample(table[usable], balance.cap, config.seed).reindex(table.index, fill_value=False)
+        table.loc[balanced, "split"] = split_images(table[balanced], config)
+    else:
+        table.loc[usable, "split"] = split_groups(table[usable], table.loc[usable, "group"], config)
+        train = table["split"] == "train"
+        keep = undersample(table[train], balance.cap, config.seed)
+        table.loc[keep.index[~keep], "split"] = UNUSED
+    return SplitResult(table, classes, dropped)
+
+
+def class_weights(labels: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
+    """Return inverse-frequency weights n / (k * count) per class, in the given order."""
+    counts = labels.value_counts().reindex(list(classes), fill_value=0).to_numpy(dtype=float)
+    return np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0)
+
+
+def sampler_weights(labels: pd.Series) -> np.ndarray:
+    """Return per-image weights that make every class equally likely to be drawn."""
+    counts = labels.map(labels.value_counts())
+    return (1.0 / counts).to_numpy(dtype=float)
+
+
+def count_table(table: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Return images per class (rows) and split (columns), with totals."""
+    counts = pd.crosstab(table["label"], table["split"]).reindex(index=list(classes), fill_value=0)
+    columns = [s for s in (*SPLITS, UNUSED) if s in counts.columns]
+    counts = counts.reindex(columns=columns, fill_value=0)
+    counts.loc["total"] = counts.sum()
+    return counts

@@ -1,0 +1,60 @@
+import pandas as pd
+import pytest
+
+from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR, METADATA_CSV, DataError, read_isic
+
+
+def test_reads_the_real_sample_in_the_official_layout(shared_data):
+    table = read_isic(shared_data)
+    assert len(table.images) == 12922
+    assert table.problems == []
+    counts = table.images["label"].value_counts()
+    assert counts["AK"] == 130 and counts["DF"] == 115 and counts["NV"] == 8668
+    assert table.images["lesion_id"].str.startswith("HAM_").sum() > 10000
+    assert table.images["image"].str.endswith("_downsampled").any()
+
+
+def test_missing_folder_and_csv_name_the_path(tmp_path, small_layout):
+    with pytest.raises(DataError, match="data folder not found"):
+        read_isic(tmp_path / "nowhere")
+    (small_layout / GROUND_TRUTH_CSV).unlink()
+    with pytest.raises(DataError, match=f"{GROUND_TRUTH_CSV}: file not found"):
+        read_isic(small_layout)
+
+
+def test_wrong_columns_are_named(small_layout):
+    truth = pd.read_csv(small_layout / GROUND_TRUTH_CSV).drop(columns=["SCC"])
+    truth.to_csv(small_layout / GROUND_TRUTH_CSV, index=False)
+    with pytest.raises(DataError, match="missing column\\(s\\) 'SCC'"):
+        read_isic(small_layout)
+
+
+def test_metadata_without_lesion_id_is_an_error_and_gender_header_is_accepted(small_layout):
+    meta = pd.read_csv(small_layout / METADATA_CSV).rename(columns={"sex": "gender"})
+    meta.to_csv(small_layout / METADATA_CSV, index=False)
+    assert len(read_isic(small_layout).images) == 48
+    meta.drop(columns=["lesion_id"]).to_csv(small_layout / METADATA_CSV, index=False)
+    with pytest.raises(DataError, match="missing column\\(s\\) 'lesion_id'"):
+        read_isic(small_layout)
+
+
+def test_without_metadata_every_image_is_its_own_lesion(small_layout):
+    (small_layout / METADATA_CSV).unlink()
+    assert (read_isic(small_layout).images["lesion_id"] == "").all()
+
+
+def test_bad_rows_and_missing_images_are_skipped_and_reported(small_layout):
+    truth = pd.read_csv(small_layout / GROUND_TRUTH_CSV, dtype=str)
+    first, second, third = truth["image"].iloc[:3]
+    truth.loc[0, ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]] = "0.0"  # no label
+    truth.loc[1, ["MEL", "NV"]] = "1.0"  # several labels
+    truth.to_csv(small_layout / GROUND_TRUTH_CSV, index=False)
+    (small_layout / IMAGE_DIR / f"{third}.jpg").unlink()
+    (small_layout / IMAGE_DIR / "ISIC_9999999.jpg").write_bytes(b"stray")
+    table = read_isic(small_layout)
+    problems = {p["image"]: p["problem"] for p in table.problems}
+    assert problems[first].startswith("no label")
+    assert problems[second] == "several labels: MEL, NV"
+    assert "image file is missing" in problems[third]
+    assert "not listed" in problems["ISIC_9999999"]
+    assert len(table.images) == 45

@@ -1,0 +1,56 @@
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+from skinlesion.cli import main
+from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
+from skinlesion.prepare import load_prepared
+
+
+def run_prepare(*args):
+    result = CliRunner().invoke(main, ["prepare", *map(str, args)])
+    return result
+
+
+def test_prepare_on_the_real_sample_writes_a_reproducible_manifest(shared_data, tmp_path):
+    result = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32)
+    assert result.exit_code == 0, result.output
+    assert "images per class before balancing" in result.output and "AK 130" in result.output
+    assert "lesions with images in more than one split: 0" in result.output
+    manifest = pd.read_csv(tmp_path / "p" / "splits.csv", keep_default_na=False)
+    assert {"image", "label", "lesion_id", "split"} <= set(manifest.columns)
+    summary = json.loads((tmp_path / "p" / "prepared.json").read_text())
+    assert summary["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
+    assert summary["near_duplicate_pairs_across_splits"] == 0
+    prepared = load_prepared(tmp_path / "p")
+    assert prepared.pixels.shape == (12922, 32, 32, 3)
+    # A second run with the same inputs reuses the cache and gives the same manifest.
+    again = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32)
+    assert "cache reused" in again.output
+    assert pd.read_csv(tmp_path / "p" / "splits.csv", keep_default_na=False).equals(manifest)
+    paper = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--protocol", "paper")
+    assert "cache reused" in paper.output
+    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["lesions_across_splits"] > 100
+
+
+def test_bad_images_are_listed_in_the_problem_report(small_layout, tmp_path):
+    images = sorted((small_layout / IMAGE_DIR).iterdir())
+    images[0].write_bytes(b"broken")
+    images[1].unlink()
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 problem rows or images" in result.output
+    problems = pd.read_csv(tmp_path / "p" / "problems.csv")
+    assert set(problems["image"]) == {images[0].stem, images[1].stem}
+    assert len(pd.read_csv(tmp_path / "p" / "splits.csv")) == 46
+
+
+def test_user_errors_are_clean_messages_not_tracebacks(small_layout, tmp_path):
+    (small_layout / GROUND_TRUTH_CSV).write_text("image,foo\nISIC_1,1\n")
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "p")
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "missing column(s) 'MEL'" in result.output
+    assert "Traceback" not in result.output
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "p", "--classes", "MEL,XYZ")
+    assert result.exit_code == 1 and "unknown class 'XYZ'" in result.output

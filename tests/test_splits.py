@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from skinlesion.isic import read_isic
+from skinlesion.splits import (BALANCE_PRESETS, BalanceConfig, SplitConfig, assign_splits, balance_preset,
+                               class_weights, lesion_groups, sampler_weights)
+
+PAPER = BALANCE_PRESETS["paper"]
+
+
+@pytest.fixture(scope="module")
+def sample(shared_data) -> pd.DataFrame:
+    return read_isic(shared_data).images
+
+
+def used_lesions(table, split):
+    rows = table[(table["split"] == split) & (table["lesion_id"] != "")]
+    return set(rows["lesion_id"])
+
+
+def test_no_lesion_in_two_splits(sample):
+    table = assign_splits(sample, PAPER, SplitConfig(seed=3)).table
+    train, val, test = (used_lesions(table, s) for s in ("train", "val", "test"))
+    assert not train & val and not train & test and not val & test
+    # Undersampled training images are marked unused, never moved to another split.
+    assert not set(table.loc[table["split"] == "unused", "lesion_id"]) - {""} & (val | test)
+
+
+def test_paper_preset_counts_are_exact_in_both_protocols(sample):
+    counts = sample["label"].value_counts()
+    paper = assign_splits(sample, PAPER, SplitConfig(protocol="paper")).table
+    used = paper[paper["split"] != "unused"]["label"].value_counts()
+    assert dict(used) == {c: min(counts[c], 867) for c in PAPER.classes}
+    assert set(paper.loc[paper["label"].isin(["DF", "VASC"]), "split"]) == {"unused"}
+    lesion = assign_splits(sample, PAPER, SplitConfig(protocol="lesion")).table
+    train = lesion[lesion["split"] == "train"]["label"].value_counts()
+    before = lesion[lesion["split"].isin(["train", "unused"]) & lesion["label"].isin(PAPER.classes)]
+    assert (train <= 867).all() and train["MEL"] == 867 and train["AK"] < 867
+    # Only training images are undersampled: val and test keep their natural proportions.
+    assert (lesion["split"] == "test").sum() > 1500
+
+
+def test_paper_protocol_leaks_lesions_across_splits(sample):
+    table = assign_splits(sample, PAPER, SplitConfig(protocol="paper")).table
+    assert used_lesions(table, "train") & used_lesions(table, "test")
+
+
+def test_splits_are_seeded_and_stratified(sample):
+    config = SplitConfig(seed=7)
+    a = assign_splits(sample, BALANCE_PRESETS["all"], config).table
+    b = assign_splits(sample, BALANCE_PRESETS["all"], config).table
+    c = assign_splits(sample, BALANCE_PRESETS["all"], SplitConfig(seed=8)).table
+    assert a["split"].equals(b["split"]) and not a["split"].equals(c["split"])
+    share = pd.crosstab(a["label"], a["split"], normalize="index")
+    assert np.allclose(share["test"], 0.15, atol=0.04), share
+
+
+def test_threshold_drops_small_classes_and_cap_undersamples():
+    table = pd.DataFrame({"image": [f"i{k}" for k in range(60)], "lesion_id": "",
+                          "label": ["MEL"] * 40 + ["NV"] * 15 + ["DF"] * 5})
+    result = assign_splits(table, BalanceConfig(min_images=10, cap=20), SplitConfig(protocol="paper"))
+    assert result.dropped_classes == ("DF",)
+    used = result.table[result.table["split"] != "unused"]["label"].value_counts()
+    assert dict(used) == {"MEL": 20, "NV": 15}
+
+
+def test_near_duplicates_join_one_group():
+    table = pd.DataFrame({"image": ["a", "b", "c"], "lesion_id": ["L1", "", "L2"]})
+    groups = lesion_groups(table, [("b", "c")])
+    assert groups[1] == groups[2] != groups[0]
+
+
+def test_weights_balance_the_classes():
+    labels = pd.Series(["MEL"] * 30 + ["NV"] * 10)
+    weights = class_weights(labels, ("MEL", "NV"))
+    assert weights[0] * 30 == pytest.approx(weights[1] * 10)
+    per_image = sampler_weights(labels)
+    assert per_image[:30].sum() == pytest.approx(per_image[30:].sum())
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ValueError, match="choose from paper, all"):
+        balance_preset("fancy")
