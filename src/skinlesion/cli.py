@@ -87,3 +87,69 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
     if summary["problems"]:
         click.echo(f"skipped {summary['problems']} problem rows or images (see {out_dir / 'problems.csv'})")
     click.echo(f"manifest: {out_dir / 'splits.csv'}")
+
+
+@main.command()
+@click.option("--data", "prepared_dir", required=True, type=click.Path(path_type=Path),
+              help="A folder written by 'skinlesion prepare'.")
+@click.option("--model", "model_name", default="mobilenet_v2", show_default=True,
+              help="mobilenet_v2, efficientnet_lite0, resnet50 or alexnet.")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--weight-decay", default=0.05, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--label-smoothing", default=0.1, show_default=True)
+@click.option("--width", default=1.0, show_default=True, help="MobileNetV2 width multiplier.")
+@click.option("--imbalance", default="none", show_default=True, type=click.Choice(["none", "weights", "sampler"]),
+              help="How to balance classes the data stage left imbalanced.")
+@click.option("--no-pretrained", is_flag=True, help="Train efficientnet_lite0 from scratch too.")
+@click.option("--no-augment", is_flag=True)
+@click.option("--patience", default=8, show_default=True, help="Early stopping on validation balanced accuracy.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--accelerator", default="auto", show_default=True, help="cpu, gpu or auto.")
+@click.option("--devices", default="auto", show_default=True, help="Devices per node; more than one uses DDP.")
+@click.option("--num-nodes", default=1, show_default=True)
+@click.option("--limit-train-batches", default=1.0, show_default=True, help="Fraction (or count) of batches.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
+          imbalance, no_pretrained, no_augment, patience, seed, accelerator, devices, num_nodes,
+          limit_train_batches, resume):
+    """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
+    from skinlesion.models import model_spec
+    from skinlesion.training import TrainConfig, fit
+
+    def run():
+        model_spec(model_name)
+        limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
+        config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
+                             label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
+                             num_nodes, limit)
+        return fit(prepared_dir, run_dir, config, resume=resume)
+
+    out = fail_cleanly(run)
+    click.echo(f"model written to {out}")
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--data", "prepared_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Report folder (default: RUN/eval-SPLIT or next to the model).")
+def evaluate(model_path, prepared_dir, split, out_dir):
+    """Score a run or model file on one split: balanced accuracy first, then the rest."""
+    from skinlesion.evaluate import evaluate_model
+
+    metrics, out_dir = fail_cleanly(lambda: evaluate_model(model_path, prepared_dir, split, out_dir))
+    echo_metrics(metrics)
+    click.echo(f"report: {out_dir}")
+
+
+def echo_metrics(metrics: dict) -> None:
+    click.echo(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}  (mean per-class recall, the ISIC metric)")
+    click.echo("recall per class: " + "  ".join(
+        f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in metrics["recall"].items()))
+    click.echo(f"accuracy: {metrics['accuracy']:.4f}   macro AUC: {metrics['macro_auc']:.4f}   "
+               f"ECE: {metrics['ece']:.4f}   images: {metrics['images']}")

@@ -1,0 +1,204 @@
+"""Metrics and reports: balanced accuracy (the official ISIC metric) first, then everything else. No torch."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.classes import CODES
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Return counts (k, k): rows are true classes, columns predictions."""
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
+    """Mean recall over the classes present in y_true (the ISIC 2019 challenge metric)."""
+    matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), k)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    return float((np.diag(matrix)[present] / support[present]).mean()) if present.any() else 0.0
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """One-vs-rest ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; nan if one-sided."""
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def per_class_table(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFrame:
+    """Return precision, recall, F1, AUC and support per class."""
+    k = len(classes)
+    y_pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, k)
+    tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, np.nan)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    auc = [roc_auc(probs[:, i], y_true == i) for i in range(k)]
+    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "auc": auc, "support": support},
+                        index=list(classes))
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins of the top class."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> float:
+    probs = softmax(logits, temperature)
+    return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Find the temperature that minimises validation NLL (golden-section search on log T)."""
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if negative_log_likelihood(logits, y_true, np.exp(a)) < negative_log_likelihood(logits, y_true, np.exp(b)):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
+    """Return the headline metrics, balanced accuracy first."""
+    table = per_class_table(y_true, probs, classes)
+    y_pred = probs.argmax(axis=1)
+    return {
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(classes)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_auc": float(np.nanmean(table["auc"])),
+        "ece": expected_calibration_error(probs, y_true),
+        "recall": {c: (None if np.isnan(r) else float(r)) for c, r in table["recall"].items()},
+        "images": int(len(y_true)),
+    }
+
+
+def write_submission(path: Path, images, probs: np.ndarray, classes, columns=CODES) -> None:
+    """Write an ISIC submission CSV: image + one probability column per code; 0.0 for codes the model lacks."""
+    frame = pd.DataFrame({"image": list(images)})
+    for code in columns:
+        frame[code] = probs[:, list(classes).index(code)].astype(float) if code in classes else 0.0
+    frame.to_csv(path, index=False, float_format="%.6f")
+
+
+def write_truth(path: Path, images, y_true: np.ndarray, classes) -> None:
+    """Write one-hot ground truth in the ISIC layout for the official scorer."""
+    onehot = np.eye(len(classes))[y_true]
+    frame = pd.DataFrame(onehot, columns=list(classes))
+    frame.insert(0, "image", list(images))
+    frame.to_csv(path, index=False, float_format="%.1f")
+
+
+def plot_confusion(matrix: np.ndarray, classes, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{matrix[i, j]}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_title("confusion matrix (colour: share of true class)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(probs: np.ndarray, y_true: np.ndarray, path: Path, bins: int = 15) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    accuracy = [correct[which == b].mean() if (which == b).any() else 0 for b in range(bins)]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlabel("confidence of the top class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {expected_calibration_error(probs, y_true, bins):.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, images, y_true: np.ndarray, probs: np.ndarray, classes, extra: dict) -> dict:
+    """Write metrics.json, per_class.csv, the plots, predictions.csv and truth.csv; return the metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {**summarise(y_true, probs, classes), **extra}
+    per_class_table(y_true, probs, classes).to_csv(out_dir / "per_class.csv", index_label="class")
+    plot_confusion(confusion_matrix(y_true, probs.argmax(1), len(classes)), classes, out_dir / "confusion.png")
+    plot_reliability(probs, y_true, out_dir / "reliability.png")
+    write_submission(out_dir / "predictions.csv", images, probs, classes, columns=classes)
+    write_truth(out_dir / "truth.csv", images, y_true, classes)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def resolve_model(path: Path) -> Path:
+    """Accept a run folder (its model.pt) or a model file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model not found; pass a run folder with model.pt or a model file")
+    return path
+
+
+def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Path | None = None) -> tuple[dict, Path]:
+    """Score a saved model on one split of a prepared data set and write the report."""
+    from skinlesion.prepare import load_prepared
+    from skinlesion.training import model_logits  # torch only here, when a checkpoint is scored
+
+    model_path = resolve_model(model_path)
+    prepared = load_prepared(prepared_dir)
+    rows = prepared.split(split)
+    logits, meta = model_logits(model_path, prepared.pixels[rows["cache_row"].to_numpy()])
+    classes = meta["classes"]
+    unknown = sorted(set(rows["label"]) - set(classes))
+    if unknown:
+        raise ValueError(f"{prepared_dir}: the {split} split has classes the model lacks: {', '.join(unknown)}")
+    if (meta["size"], meta["policy"]) != (prepared.size, prepared.policy):
+        raise ValueError(f"{model_path} expects {meta['size']}px '{meta['policy']}' images but {prepared_dir} "
+                         f"holds {prepared.size}px '{prepared.policy}'; prepare the data at the model's size")
+    y_true = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = softmax(logits, meta["temperature"])
+    out_dir = Path(out_dir) if out_dir else model_path.parent / f"eval-{split}"
+    extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir),
+             "temperature": meta["temperature"], "ece_uncalibrated": expected_calibration_error(softmax(logits), y_true)}
+    return write_report(out_dir, rows["image"], y_true, probs, classes, extra), out_dir

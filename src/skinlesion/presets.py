@@ -1,0 +1,72 @@
+"""TrainPreset / EvalPreset: batched tensor transforms, so augmentation never bottlenecks the CPU.
+
+Input to both is the cached uint8 batch (B, H, W, 3); output is float (B, 3, H, W) in 0..255,
+channels_last. Normalisation lives inside the model, so every consumer shares one preprocessing path.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def to_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in 0..255, channels_last (about 2x faster on CPU)."""
+    return pixels.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class EvalPreset:
+    """Evaluation: no change beyond the cached resize; the model normalises."""
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return to_input(pixels)
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """Dermoscopy augmentation: lesions have no up or left, so flips and any rotation are label-safe."""
+
+    flip: bool = True
+    rotate90: bool = True
+    rotate_degrees: float = 20.0  # small affine on top of the 90-degree turns
+    scale: float = 0.1  # zoom in or out by up to 10%
+    shift: float = 0.05  # translate by up to 5% of the side
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = to_input(pixels)
+        b = x.shape[0]
+        if self.flip:
+            x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+        if self.rotate90:
+            turns = torch.randint(0, 4, (b,), device=x.device)
+            x = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, turns)])
+        x = self.affine(x)
+        x = self.colour(x)
+        return x.clamp(0, 255).contiguous(memory_format=torch.channels_last)
+
+    def affine(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(self.rotate_degrees)
+        zoom = 1 + (torch.rand(b, device=x.device) * 2 - 1) * self.scale
+        shift = (torch.rand(b, 2, device=x.device) * 2 - 1) * self.shift * 2  # grid units span 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    def colour(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+
+        def factor(amount):
+            return 1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * amount
+
+        x = x * factor(self.brightness)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * factor(self.contrast) + mean
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return (x - grey) * factor(self.saturation) + grey

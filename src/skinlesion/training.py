@@ -1,0 +1,220 @@
+"""Training: a Lightning system (loss, metrics, optimiser) around an injected model, over the prepared cache."""
+
+import csv
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+
+from skinlesion.evaluate import balanced_accuracy, fit_temperature
+from skinlesion.models import create_model, load_model, save_model
+from skinlesion.prepare import load_prepared
+from skinlesion.presets import EvalPreset, TrainPreset
+from skinlesion.splits import class_weights, sampler_weights
+
+IMBALANCE = ("none", "weights", "sampler")
+# Augmenting in the system's on_after_batch_transfer, beside a DataModule, is deliberate.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "mobilenet_v2"
+    width: float = 1.0  # MobileNet width multiplier
+    pretrained: bool = True  # only efficientnet_lite0 has offline ImageNet weights
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3  # peak of the one-cycle schedule
+    weight_decay: float = 0.05  # AdamW's decoupled decay
+    dropout: float = 0.2  # before the classifier
+    label_smoothing: float = 0.1
+    imbalance: str = "none"  # "weights" or "sampler" when the data kept every image (--balance all)
+    augment: bool = True
+    patience: int = 8  # epochs without a better validation balanced accuracy before stopping
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"  # e.g. "4" for four GPUs; more than one uses DDP
+    num_nodes: int = 1
+    limit_train_batches: float = 1.0  # fraction (or count, if > 1) of batches per epoch; for quick checks
+
+    def __post_init__(self):
+        if self.imbalance not in IMBALANCE:
+            raise ValueError(f"unknown imbalance option {self.imbalance!r}; choose from {', '.join(IMBALANCE)}")
+
+
+class PreparedData(L.LightningDataModule):
+    """Train and validation batches of cached uint8 pixels; augmentation happens later, batched."""
+
+    def __init__(self, prepared_dir: Path, batch_size: int, imbalance: str, seed: int):
+        super().__init__()
+        self.prepared = load_prepared(prepared_dir)
+        self.batch_size, self.imbalance, self.seed = batch_size, imbalance, seed
+
+    def tensors(self, split: str) -> TensorDataset:
+        rows = self.prepared.split(split)
+        if rows.empty:
+            raise ValueError(f"{self.prepared.out_dir}: the {split} split is empty")
+        index = {c: i for i, c in enumerate(self.prepared.classes)}
+        pixels = torch.from_numpy(np.ascontiguousarray(self.prepared.pixels[rows["cache_row"].to_numpy()]))
+        return TensorDataset(pixels, torch.tensor(rows["label"].map(index).to_numpy()))  # (N, H, W, 3), (N,)
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.tensors("train")
+        if self.imbalance == "sampler":
+            weights = sampler_weights(self.prepared.split("train")["label"])
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+            return DataLoader(data, self.batch_size, sampler=sampler, drop_last=True)
+        return DataLoader(data, self.batch_size, shuffle=True, drop_last=len(data) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.tensors("val"), self.batch_size * 2)
+
+    def loss_weights(self) -> list[float] | None:
+        if self.imbalance != "weights":
+            return None
+        return class_weights(self.prepared.split("train")["label"], self.prepared.classes).tolist()
+
+
+class LesionSystem(L.LightningModule):
+    """Loss, metrics and optimiser; the network itself comes from the model registry."""
+
+    def __init__(self, config: dict, classes: list[str], size: int, policy: str, loss_weights=None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = TrainConfig(**config)
+        self.model = create_model(self.config.model, len(classes), self.config.pretrained, self.config.width,
+                                  self.config.dropout).to(memory_format=torch.channels_last)
+        self.train_preset = TrainPreset() if self.config.augment else EvalPreset()
+        self.eval_preset = EvalPreset()
+        self.register_buffer("loss_weights", torch.tensor(loss_weights) if loss_weights else None)
+        self.val_outputs = []
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        pixels, labels = batch
+        preset = self.train_preset if self.trainer.training else self.eval_preset
+        return preset(pixels), labels
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y, weight=self.loss_weights,
+                               label_smoothing=self.config.label_smoothing)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
+        self.val_outputs.append((logits.float(), y))
+
+    def on_validation_epoch_end(self):
+        logits = torch.cat([o[0] for o in self.val_outputs])
+        labels = torch.cat([o[1] for o in self.val_outputs])
+        self.val_outputs.clear()
+        logits, labels = self.all_gather(logits).flatten(0, -2), self.all_gather(labels).flatten()
+        score = balanced_accuracy(labels.cpu().numpy(), logits.argmax(1).cpu().numpy(), len(self.hparams.classes))
+        self.log("val_bacc", score, prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.config.lr,
+                                                       total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class EpochLog(L.Callback):
+    """Append one CSV row per epoch: the log survives interruption and grows on resume."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, time.perf_counter()
+
+    def on_train_start(self, trainer, system):
+        # On resume, forget rows of epochs that the checkpoint does not hold (killed before it was saved).
+        if self.path.exists() and trainer.is_global_zero:
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
+            self.path.unlink()
+            for row in rows:
+                self.append(row)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def on_train_epoch_start(self, trainer, system):
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, system):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch, "train_loss": metrics.get("train_loss"),
+               "val_loss": metrics.get("val_loss"), "val_bacc": metrics.get("val_bacc"),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(time.perf_counter() - self.started, 1)}
+        self.append(row)
+
+
+def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train, keep the best epoch by validation balanced accuracy, calibrate on validation; return model.pt."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and not resume:
+        raise ValueError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and not last.exists():
+        raise ValueError(f"{last}: nothing to resume; start without --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = PreparedData(prepared_dir, config.batch_size, config.imbalance, config.seed)
+    prepared = data.prepared
+    system = LesionSystem(asdict(config), list(prepared.classes), prepared.size, prepared.policy, data.loss_weights())
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", monitor="val_bacc",
+                                                      mode="max", save_last=True)
+    stopper = L.pytorch.callbacks.EarlyStopping("val_bacc", mode="max", patience=config.patience)
+    devices = int(config.devices) if config.devices.isdigit() else config.devices
+    distributed = (isinstance(devices, int) and devices > 1) or config.num_nodes > 1
+    trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=devices,
+                        num_nodes=config.num_nodes, strategy="ddp" if distributed else "auto",
+                        callbacks=[checkpoints, stopper, EpochLog(run_dir / "epochs.csv")], logger=False,
+                        enable_progress_bar=progress, enable_model_summary=False,
+                        limit_train_batches=config.limit_train_batches, num_sanity_val_steps=0)
+    (run_dir / "train_config.json").write_text(json.dumps({"prepared": str(prepared_dir), **asdict(config)}, indent=1))
+    trainer.fit(system, datamodule=data, ckpt_path=last if resume else None)
+    if not trainer.is_global_zero:
+        return run_dir / "model.pt"
+    best = LesionSystem.load_from_checkpoint(checkpoints.best_model_path or last, map_location="cpu")
+    model = best.model.eval()
+    val = data.tensors("val")
+    logits = predict_logits(model, val.tensors[0])
+    temperature = fit_temperature(logits, val.tensors[1].numpy())
+    out = run_dir / "model.pt"
+    save_model(model, out, name=config.model, classes=prepared.classes, size=prepared.size, policy=prepared.policy,
+               width=config.width, dropout=config.dropout, temperature=temperature,
+               extra={"val_bacc": float(checkpoints.best_model_score or 0.0), "epochs_trained": trainer.current_epoch,
+                      "train_config": asdict(config), "prepared": str(prepared_dir)})
+    return out
+
+
+@torch.inference_mode()
+def predict_logits(model, pixels: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Return logits (N, K) for uint8 pixels (N, H, W, 3) through the evaluation preset."""
+    model.eval()
+    preset = EvalPreset()
+    return torch.cat([model(preset(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]).numpy()
+
+
+def model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Load a saved model and return (logits, metadata) for uint8 pixels."""
+    model, meta = load_model(model_path)
+    return predict_logits(model, torch.from_numpy(np.ascontiguousarray(pixels))), meta

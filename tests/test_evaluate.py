@@ -1,0 +1,58 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from skinlesion.evaluate import (balanced_accuracy, confusion_matrix, expected_calibration_error, fit_temperature,
+                                 per_class_table, roc_auc, softmax, write_submission, write_truth)
+
+
+def test_balanced_accuracy_by_hand():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 0, 1, 1, 0, 2])
+    # recalls: class 0 3/4, class 1 1/2, class 2 1/1 -> mean 0.75; accuracy would be 5/7
+    assert balanced_accuracy(y_true, y_pred, 3) == pytest.approx(0.75)
+    assert confusion_matrix(y_true, y_pred, 3).tolist() == [[3, 1, 0], [1, 1, 0], [0, 0, 1]]
+    probs = np.eye(3)[y_pred]
+    table = per_class_table(y_true, probs, ["A", "B", "C"])
+    assert table.loc["A", "precision"] == pytest.approx(3 / 4) and table.loc["B", "f1"] == pytest.approx(0.5)
+
+
+def test_auc_and_ece_by_hand():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == pytest.approx(0.75)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 1, 0, 0])
+    # bins: 0.9 (acc 0.5) and 0.6 (acc 1.0) -> 0.5*0.4 + 0.5*0.4 = 0.4
+    assert expected_calibration_error(probs, y) == pytest.approx(0.4)
+
+
+def test_temperature_fit_recovers_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 5)) * 2
+    y = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
+    temperature = fit_temperature(true_logits * 3, y)  # three times too confident
+    assert temperature == pytest.approx(3, rel=0.1)
+
+
+def test_official_scorer_agrees_with_our_balanced_accuracy(tmp_path):
+    rng = np.random.default_rng(1)
+    classes = ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
+    y = np.repeat(np.arange(6), [30, 60, 10, 5, 20, 8])
+    probs = softmax(rng.normal(size=(len(y), 6)) + np.eye(6)[y] * 1.5)
+    images = [f"ISIC_{i:07d}" for i in range(len(y))]
+    write_truth(tmp_path / "truth.csv", images, y, classes)
+    write_submission(tmp_path / "pred.csv", images, probs, classes, columns=classes)
+    out = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification", str(tmp_path / "truth.csv"),
+                          str(tmp_path / "pred.csv")], capture_output=True, text=True, check=True).stdout
+    official = json.loads(out)["aggregate"]["balanced_accuracy"]
+    ours = balanced_accuracy(y, probs.argmax(1), 6)
+    assert 0.3 < ours < 0.95
+    assert official == pytest.approx(ours, abs=1e-9)
+
+
+def test_submission_has_every_isic_column(tmp_path):
+    write_submission(tmp_path / "s.csv", ["a"], np.array([[0.25, 0.75]]), ["NV", "MEL"])
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC"
+    assert lines[1] == "a,0.750000,0.250000" + ",0.000000" * 6

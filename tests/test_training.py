@@ -1,0 +1,86 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from skinlesion.cache import CacheConfig
+from skinlesion.cli import main
+from skinlesion.prepare import PrepareConfig, prepare
+
+
+@pytest.fixture(scope="module")
+def prepared32(shared_data, tmp_path_factory):
+    """The real sample, paper preset split by lesion, cached at 32x32 (tiny models train in seconds)."""
+    out = tmp_path_factory.mktemp("prepared32")
+    from skinlesion.splits import BALANCE_PRESETS
+    prepare(shared_data, out, PrepareConfig(balance=BALANCE_PRESETS["paper"], cache=CacheConfig(size=32)),
+            progress=False)
+    return out
+
+
+def train_args(prepared, run, *extra):
+    return ["train", "--data", str(prepared), "--out", str(run), "--model", "mobilenet_v2", "--width", "0.5",
+            "--batch-size", "32", *map(str, extra)]
+
+
+def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 4, "--limit-train-batches", 25,
+                                                 "--lr", 0.005, "--no-augment", "--imbalance", "weights"))
+    assert result.exit_code == 0, result.output
+    epochs = pd.read_csv(run / "epochs.csv")
+    assert list(epochs["epoch"]) == [0, 1, 2, 3]
+    assert epochs["train_loss"].iloc[-1] < epochs["train_loss"].iloc[0] - 0.1
+    import torch
+    meta = torch.load(run / "model.pt", weights_only=False)
+    assert meta["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
+    assert (meta["size"], meta["policy"], meta["arch"]) == (32, "squash", "mobilenet_v2")
+    assert 0.05 < meta["temperature"] < 20
+    # Evaluation on test writes the report; balanced accuracy beats chance (1/6) even after 4 short epochs.
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(prepared32), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("balanced accuracy:")
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert metrics["balanced_accuracy"] > 0.2
+    assert {"confusion.png", "reliability.png", "per_class.csv", "predictions.csv"} <= {
+        p.name for p in (run / "eval-test").iterdir()}
+    # A finished run is never overwritten by accident.
+    again = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 1))
+    assert again.exit_code == 1 and "pass --resume" in again.output
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "skinlesion", *train_args(prepared32, run, "--epochs", 4, "--limit-train-batches", 40)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = run / "epochs.csv"
+    deadline = time.time() + 240
+    last = run / "checkpoints" / "last.ckpt"
+    while time.time() < deadline and not (last.exists() and log.exists() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # killed in its second epoch, as a power cut would
+    process.wait()
+    assert not (run / "model.pt").exists()
+    done = len(pd.read_csv(log))
+    assert 1 <= done < 4
+    result = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 4, "--limit-train-batches", 40, "--resume"))
+    assert result.exit_code == 0, result.output
+    epochs = pd.read_csv(log)
+    assert list(epochs["epoch"]) == list(range(4))  # continued, not restarted
+    assert (run / "model.pt").exists()
+
+
+def test_training_errors_are_clean(prepared32, tmp_path):
+    result = CliRunner().invoke(main, train_args(prepared32, tmp_path / "r", "--resume"))
+    assert result.exit_code == 1 and "nothing to resume" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "not a prepared data folder" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"),
+                                       "--model", "vgg"])
+    assert result.exit_code == 1 and "choose from mobilenet_v2" in result.output
