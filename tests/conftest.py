@@ -37,3 +37,29 @@ def write_layout(root: Path, per_class: int, offset: int = 0) -> Path:
 def small_layout(shared_data, tmp_path) -> Path:
     """Six real images of each class in the official layout, in a temporary folder."""
     return write_layout(tmp_path / "isic", per_class=6)
+
+
+@pytest.fixture(scope="session")
+def prepared32(shared_data, tmp_path_factory) -> Path:
+    """The real sample, paper preset split by lesion, cached at 32x32 (tiny models train in seconds)."""
+    from skinlesion.cache import CacheConfig
+    from skinlesion.prepare import PrepareConfig, prepare
+    from skinlesion.splits import BALANCE_PRESETS
+
+    out = tmp_path_factory.mktemp("prepared32")
+    prepare(shared_data, out, PrepareConfig(balance=BALANCE_PRESETS["paper"], cache=CacheConfig(size=32)),
+            progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(prepared32, tmp_path_factory) -> Path:
+    """A small MobileNetV2 trained for a few batches on real images and exported to ONNX."""
+    from skinlesion.export import export_with_checks
+    from skinlesion.training import TrainConfig, fit
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    fit(prepared32, run, TrainConfig(width=0.5, epochs=2, batch_size=32, lr=5e-3, limit_train_batches=20),
+        progress=False)
+    export_with_checks(run, run / "model.onnx", None, int8=False)
+    return run / "model.onnx"

@@ -9,19 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinlesion.cache import CacheConfig
 from skinlesion.cli import main
-from skinlesion.prepare import PrepareConfig, prepare
-
-
-@pytest.fixture(scope="module")
-def prepared32(shared_data, tmp_path_factory):
-    """The real sample, paper preset split by lesion, cached at 32x32 (tiny models train in seconds)."""
-    out = tmp_path_factory.mktemp("prepared32")
-    from skinlesion.splits import BALANCE_PRESETS
-    prepare(shared_data, out, PrepareConfig(balance=BALANCE_PRESETS["paper"], cache=CacheConfig(size=32)),
-            progress=False)
-    return out
 
 
 def train_args(prepared, run, *extra):

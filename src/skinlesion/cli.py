@@ -153,3 +153,57 @@ def echo_metrics(metrics: dict) -> None:
         f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in metrics["recall"].items()))
     click.echo(f"accuracy: {metrics['accuracy']:.4f}   macro AUC: {metrics['macro_auc']:.4f}   "
                f"ECE: {metrics['ece']:.4f}   images: {metrics['images']}")
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
+@click.option("--data", "prepared_dir", type=click.Path(path_type=Path), default=None,
+              help="Prepared data for the parity check (default: the one the model was trained on).")
+@click.option("--int8", is_flag=True, help="Also write an int8-quantised copy and report its accuracy cost.")
+def export(model_path, out, prepared_dir, int8):
+    """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
+    from skinlesion.export import export_with_checks
+
+    report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, int8))
+    click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
+               f"{report['parity_images']} real images: max |logit difference| {report['parity_max_abs_diff']:.2e}")
+    if "int8" in report:
+        q = report["int8"]
+        click.echo(f"int8 copy {q['path']} ({q['bytes'] / 1e6:.1f} MB): validation balanced accuracy "
+                   f"{q['balanced_accuracy_int8']:.4f} vs {q['balanced_accuracy_fp32']:.4f} in fp32 "
+                   f"(cost {q['balanced_accuracy_fp32'] - q['balanced_accuracy_int8']:+.4f}); "
+                   f"same top class for {q['agreement']:.1%} of images")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="An .onnx file from 'skinlesion export' (default: the bundled model).")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Write an ISIC submission CSV (image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC) instead of a table.")
+@click.option("--batch-size", default=32, show_default=True)
+def predict(inputs, model_path, output, batch_size):
+    """Classify image files and folders (a research tool, not a diagnosis)."""
+    from skinlesion.classes import CODES
+    from skinlesion.predict import Predictor, image_files
+
+    def run():
+        predictor = Predictor(model_path)
+        files, problems = image_files(list(inputs))
+        rows, failed = predictor.predict_files(files, batch_size)
+        return rows, problems + failed
+
+    rows, problems = fail_cleanly(run)
+    if output:
+        frame = pd.DataFrame([{"image": name, **probs} for name, probs in rows], columns=["image", *CODES])
+        frame.to_csv(output, index=False, float_format="%.6f")
+        click.echo(f"wrote {len(rows)} predictions to {output}")
+    else:
+        for name, probs in rows:
+            top = max(probs, key=probs.get)
+            from skinlesion.classes import BY_CODE
+            click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk})")
+    for problem in problems:
+        click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
+    click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESIZE_POLICIES = ("squash", "crop")  # squash: the paper's plain resize; crop: shorter side + centre crop
 # Decompression-bomb guard: a real dermoscopic photo is far below this (BCN images are 1024x1024).
 Image.MAX_IMAGE_PIXELS = 64_000_000
@@ -19,12 +20,14 @@ def open_rgb(source, draft_size: int | None = None) -> Image.Image:
     """Decode a path or bytes into an upright RGB image, decoding JPEGs at reduced scale when possible."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+        original_size = image.size
         if draft_size and image.format == "JPEG":
             # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
             image.draft("RGB", (draft_size, draft_size))
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        image = to_rgb(ImageOps.exif_transpose(image))
+        image.info["original_size"] = original_size  # draft mode shrinks .size; checks need the real one
+        return image
     except Image.DecompressionBombError:
         raise ImageError("the image has too many pixels to be a photo (over 64 megapixels)") from None
     except FileNotFoundError:

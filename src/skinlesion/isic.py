@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 
 from skinlesion.classes import CODES, UNKNOWN_CODE
+from skinlesion.imaging import IMAGE_SUFFIXES
 
 IMAGE_DIR = "ISIC_2019_Training_Input"
 GROUND_TRUTH_CSV = "ISIC_2019_Training_GroundTruth.csv"
 METADATA_CSV = "ISIC_2019_Training_Metadata.csv"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class DataError(Exception):

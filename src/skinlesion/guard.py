@@ -1,0 +1,39 @@
+"""Refuse images the model should not judge; flag results it is unsure of. No torch."""
+
+import numpy as np
+from PIL import Image
+
+MIN_SIDE = 64  # px: smaller photos hold too little detail to assess
+MAX_ASPECT = 3.0  # a dermoscopic photo is roughly square; panoramas and strips are not
+MIN_CONTRAST = 6.0  # grey-level std below this is a blank or uniform picture
+MIN_SKIN_SHARE = 0.15  # share of pixels with skin-like colour
+UNCERTAIN_BELOW = 0.5  # top-class probability under which the answer is flagged uncertain
+
+
+def skin_share(pixels: np.ndarray) -> float:
+    """Share of pixels whose colour could be skin or lesion (reddish-brown hues, not grey, not saturated blue/green).
+
+    A broad rule in YCbCr (Chai & Ngan 1999, widened for pigmented lesions and dermoscope light).
+    """
+    ycbcr = np.asarray(Image.fromarray(pixels).convert("YCbCr"), dtype=np.int16)
+    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1], ycbcr[..., 2]
+    return float(((cr >= 130) & (cr <= 185) & (cb >= 70) & (cb <= 135) & (y >= 20)).mean())
+
+
+def cannot_assess(image: Image.Image, pixels: np.ndarray) -> str | None:
+    """Return why this image cannot be assessed, or None when it looks like a skin photo."""
+    width, height = image.info.get("original_size", image.size)
+    if min(width, height) < MIN_SIDE:
+        return f"the image is too small ({width}x{height} px; at least {MIN_SIDE} px per side are needed)"
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        return f"the image is too long and thin ({width}x{height} px) to be a photo of a skin lesion"
+    grey = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if grey.std() < MIN_CONTRAST:
+        return "the image is almost uniform (blank or out of focus)"
+    if skin_share(pixels) < MIN_SKIN_SHARE:
+        return "the image does not look like a photo of skin (too few skin-coloured pixels)"
+    return None
+
+
+def is_uncertain(top_probability: float) -> bool:
+    return top_probability < UNCERTAIN_BELOW

@@ -1,0 +1,131 @@
+"""The Predictor: onnxruntime over the exported model; image -> calibrated probabilities (+ heatmap). No torch."""
+
+import base64
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skinlesion.classes import BY_CODE, CODES
+from skinlesion.guard import cannot_assess, is_uncertain
+from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, open_rgb, resize
+
+METADATA_KEY = "skinlesion"
+BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
+
+
+@dataclass
+class Assessment:
+    """What the API and the page show for one image."""
+
+    assessable: bool
+    reason: str | None = None  # why it cannot be assessed
+    label: str | None = None
+    probabilities: dict | None = None  # every ISIC class; 0.0 for classes the model lacks
+    risk: str | None = None
+    uncertain: bool | None = None
+    heatmap_png: str | None = None  # base64 PNG: the CAM overlaid on the model's view of the image
+
+
+class Predictor:
+    """Load an exported model once; classify pixels, files or uploaded bytes."""
+
+    def __init__(self, model_path: Path | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(model_path) if model_path else BUNDLED_MODEL
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: model not found; pass --model with a file from 'skinlesion export'")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.card = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+        except (KeyError, ValueError, Exception) as error:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
+        self.classes = tuple(self.card["classes"])
+        self.size, self.policy = int(self.card["size"]), self.card["policy"]
+
+    def run(self, pixels: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Return (probabilities (B, K), class maps (B, K, h, w)) for uint8 pixels (B, H, W, 3)."""
+        views = [(lambda x: x, lambda m: m)]
+        if tta:  # flips; maps are flipped back so they still line up with the image
+            views += [(lambda x: x[:, :, ::-1], lambda m: m[..., ::-1]), (lambda x: x[:, ::-1], lambda m: m[..., ::-1, :])]
+        probs, maps = 0.0, 0.0
+        for forward, back in views:
+            p, _, m = self.session.run(None, {"pixels": np.ascontiguousarray(forward(pixels), dtype=np.float32)})
+            probs, maps = probs + p, maps + back(m)
+        return probs / len(views), maps / len(views)
+
+    def all_codes(self, probs: np.ndarray) -> dict:
+        """Spread the model's probabilities over every ISIC class (0.0 where the model has none)."""
+        return {c: (float(probs[self.classes.index(c)]) if c in self.classes else 0.0) for c in CODES}
+
+    def assess(self, source, heatmap: bool = False, tta: bool = False) -> Assessment:
+        """Classify one image (bytes or path) as the web app shows it; refuse images it should not judge."""
+        image = open_rgb(source, draft_size=self.size)
+        pixels = resize(image, self.size, self.policy)
+        reason = cannot_assess(image, pixels)
+        if reason:
+            return Assessment(assessable=False, reason=reason)
+        probs, maps = self.run(pixels[None], tta=tta)
+        top = int(probs[0].argmax())
+        label = self.classes[top]
+        return Assessment(assessable=True, label=label, probabilities=self.all_codes(probs[0]),
+                          risk=BY_CODE[label].risk, uncertain=is_uncertain(float(probs[0, top])),
+                          heatmap_png=heatmap_overlay(pixels, maps[0, top]) if heatmap else None)
+
+    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict]], list[dict]]:
+        """Classify image files in batches; return ((image, probabilities) rows, problems)."""
+        rows, problems = [], []
+        for start in range(0, len(paths), batch_size):
+            names, batch = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    batch.append(load_pixels(path, self.size, self.policy))
+                    names.append(Path(path).stem)
+                except ImageError as error:
+                    problems.append({"path": str(path), "problem": str(error)})
+            if batch:
+                probs, _ = self.run(np.stack(batch))
+                rows += [(name, self.all_codes(p)) for name, p in zip(names, probs)]
+        return rows, problems
+
+
+def image_files(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Expand files and folders into image files; report what is not an image file or is missing."""
+    files, problems = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            for path in sorted(item.iterdir()):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                elif path.is_file():
+                    problems.append({"path": str(path), "problem": "not an image file (skipped)"})
+        elif item.is_file():
+            files.append(item)
+        else:
+            problems.append({"path": str(item), "problem": "file not found"})
+    return files, problems
+
+
+def heatmap_overlay(pixels: np.ndarray, class_map: np.ndarray, side: int = 256) -> str:
+    """Blend the class activation map over the model's input view; return a base64 PNG."""
+    cam = np.maximum(class_map - class_map.mean(), 0)
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    cam = np.asarray(Image.fromarray(cam.astype(np.float32), "F").resize((side, side), Image.BICUBIC))
+    cam = np.clip(cam, 0, 1)[..., None]
+    # A blue -> yellow -> red ramp, strongest where the model looked.
+    colour = np.concatenate([np.clip(2 * cam, 0, 1), np.clip(2 - 2 * cam, 0, 1) * np.clip(2 * cam, 0, 1),
+                             np.clip(1 - 2 * cam, 0, 1)], axis=2) * 255
+    base = np.asarray(Image.fromarray(pixels).resize((side, side), Image.BILINEAR), dtype=np.float32)
+    alpha = 0.15 + 0.45 * cam
+    blended = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(blended).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,34 @@
+import json
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+
+from skinlesion.cli import main
+from skinlesion.export import METADATA_KEY
+from skinlesion.prepare import load_prepared
+
+
+def test_export_embeds_metadata_checks_parity_and_quantises(tiny_onnx, prepared32, tmp_path):
+    card = json.loads({p.key: p.value for p in onnx.load(tiny_onnx).metadata_props}[METADATA_KEY])
+    assert card["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
+    assert (card["size"], card["policy"], card["arch"]) == (32, "squash", "mobilenet_v2")
+    assert card["temperature"] > 0 and len(card["mean"]) == 3
+    result = CliRunner().invoke(main, ["export", str(tiny_onnx.parent), "--out", str(tmp_path / "m.onnx"), "--int8"])
+    assert result.exit_code == 0, result.output
+    assert "parity with PyTorch on 64 real images" in result.output
+    difference = float(result.output.split("max |logit difference| ")[1].split()[0])
+    assert difference < 1e-3
+    assert "validation balanced accuracy" in result.output and (tmp_path / "m-int8.onnx").exists()
+    assert (tmp_path / "m-int8.onnx").stat().st_size < (tmp_path / "m.onnx").stat().st_size / 2
+
+
+def test_dynamic_batch_axis(tiny_onnx, prepared32):
+    from skinlesion.predict import Predictor
+    predictor = Predictor(tiny_onnx)
+    pixels = np.asarray(load_prepared(prepared32).pixels[:5])
+    probs, maps = predictor.run(pixels)
+    assert probs.shape == (5, 6) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert maps.shape[:2] == (5, 6)
+    single = predictor.run(pixels[2:3])[0]
+    assert np.allclose(single[0], probs[2], atol=1e-5)

@@ -1,0 +1,80 @@
+import base64
+import io
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from skinlesion.cli import main
+from skinlesion.isic import IMAGE_DIR
+from skinlesion.predict import Predictor
+
+
+@pytest.fixture
+def image_folder(shared_data, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((shared_data / IMAGE_DIR).glob("ISIC_00244*.jpg"))[:5]:
+        shutil.copy(path, folder)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return folder
+
+
+def test_predict_folder_writes_an_isic_submission_and_reports_skips(tiny_onnx, image_folder, tmp_path):
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+    assert len(frame) == 5 and (frame[["DF", "VASC"]] == 0).all().all()
+    assert frame.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
+    assert "skipped" in result.output and "notes.txt: not an image file" in result.output
+    assert "broken.jpg: not a readable image" in result.output
+
+
+def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
+    photo = sorted(image_folder.glob("ISIC_*.jpg"))[0]
+    result = subprocess.run([sys.executable, "-m", "skinlesion", "predict", str(photo), "--model", str(tiny_onnx)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert photo.stem in result.stdout and "%" in result.stdout
+    assert "not a diagnosis" in result.stderr
+
+
+def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
+    predictor = Predictor(tiny_onnx)
+    photo = sorted(image_folder.glob("ISIC_*.jpg"))[0]
+    result = predictor.assess(photo.read_bytes(), heatmap=True, tta=True)
+    assert result.assessable and result.label in predictor.classes
+    assert set(result.probabilities) == {"MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"}
+    assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    assert result.risk in {"malignant", "pre-malignant", "benign"}
+    heatmap = Image.open(io.BytesIO(base64.b64decode(result.heatmap_png)))
+    assert heatmap.format == "PNG" and heatmap.size == (256, 256)
+
+
+@pytest.mark.parametrize("image, reason", [
+    (Image.new("RGB", (300, 300), (200, 150, 130)), "almost uniform"),
+    (Image.new("RGB", (40, 40), (200, 150, 130)), "too small"),
+    (Image.new("RGB", (1000, 100), (200, 150, 130)), "long and thin"),
+    (Image.merge("RGB", [Image.new("L", (300, 300), 20), Image.linear_gradient("L").resize((300, 300)),
+                         Image.new("L", (300, 300), 200)]), "does not look like a photo of skin"),
+])
+def test_images_that_are_not_skin_photos_are_not_assessed(tiny_onnx, image, reason):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    result = Predictor(tiny_onnx).assess(buffer.getvalue())
+    assert not result.assessable and reason in result.reason and result.label is None
+
+
+def test_real_lesion_photos_pass_the_guard(shared_data):
+    from skinlesion.guard import cannot_assess
+    from skinlesion.imaging import open_rgb, resize
+    paths = sorted((shared_data / IMAGE_DIR).glob("ISIC_00*.jpg"))[::40][:200]
+    refused = [p.name for p in paths if cannot_assess(img := open_rgb(p), resize(img, 64, "squash"))]
+    assert len(refused) <= 2, refused
