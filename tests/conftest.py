@@ -63,3 +63,26 @@ def tiny_onnx(prepared32, tmp_path_factory) -> Path:
         progress=False)
     export_with_checks(run, run / "model.onnx", None, int8=False)
     return run / "model.onnx"
+
+
+@pytest.fixture
+def app(tiny_onnx):
+    from skinlesion.web import create_app
+    return create_app({"MODEL": str(tiny_onnx), "TESTING": True, "RATE_LIMIT": 10_000})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def lesion_jpeg(shared_data) -> bytes:
+    """A real 600x450-like ISIC photo as JPEG bytes (a HAM10000 image enlarged to the original size)."""
+    import io
+
+    from PIL import Image
+    image = Image.open(shared_data / IMAGE_DIR / "ISIC_0024306.jpg").convert("RGB").resize((600, 450))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

@@ -207,3 +207,20 @@ def predict(inputs, model_path, output, batch_size):
     for problem in problems:
         click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
     click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="An .onnx file from 'skinlesion export' (default: the bundled model).")
+@click.option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
+def serve(host, port, workers, model_path, dev):
+    """Serve the web page and the JSON API (gunicorn by default)."""
+    from skinlesion.predict import Predictor
+    from skinlesion.web.server import serve as run_server
+
+    fail_cleanly(lambda: Predictor(model_path))  # a missing or wrong model fails here, not in every worker
+    click.echo(f"serving on http://{host}:{port}  (research tool, not a diagnosis)")
+    run_server(host, port, workers, str(model_path) if model_path else None, dev)

@@ -21,6 +21,8 @@ def open_rgb(source, draft_size: int | None = None) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
         original_size = image.size
+        if original_size[0] * original_size[1] > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError("too many pixels")
         if draft_size and image.format == "JPEG":
             # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
             image.draft("RGB", (draft_size, draft_size))
@@ -32,7 +34,9 @@ def open_rgb(source, draft_size: int | None = None) -> Image.Image:
         raise ImageError("the image has too many pixels to be a photo (over 64 megapixels)") from None
     except FileNotFoundError:
         raise ImageError("file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
+    except Image.UnidentifiedImageError:
+        raise ImageError("not a readable image (unknown or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"not a readable image ({error})") from None
 
 

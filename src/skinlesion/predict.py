@@ -1,6 +1,7 @@
 """The Predictor: onnxruntime over the exported model; image -> calibrated probabilities (+ heatmap). No torch."""
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -50,6 +51,8 @@ class Predictor:
             raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
         self.classes = tuple(self.card["classes"])
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        self.version = f"{self.card['arch']}-{self.size}px-{digest}"
 
     def run(self, pixels: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Return (probabilities (B, K), class maps (B, K, h, w)) for uint8 pixels (B, H, W, 3)."""

@@ -1,0 +1,35 @@
+"""The web app: create_app() builds Flask around one Predictor (our 'database') and one blueprint."""
+
+import io
+import os
+
+from flask import Flask, Request
+
+from skinlesion.predict import Predictor
+
+
+class InMemoryRequest(Request):
+    """Keep uploads in memory: a medical photo is never written to disk, not even to a temp file."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app; the model comes from test_config, $SKINLESION_MODEL or the bundled model."""
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.config.from_mapping(
+        MODEL=os.environ.get("SKINLESION_MODEL") or None,
+        MODEL_THREADS=int(os.environ.get("SKINLESION_THREADS", "0")),
+        MAX_CONTENT_LENGTH=10 * 1024 * 1024,  # 10 MB: far above any dermoscopic JPEG
+        RATE_LIMIT=int(os.environ.get("SKINLESION_RATE_LIMIT", "60")),  # predictions per client per minute
+        TTA=os.environ.get("SKINLESION_TTA", "0") == "1",
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["predictor"] = Predictor(app.config["MODEL"], threads=app.config["MODEL_THREADS"])
+    from skinlesion.web import views
+    app.extensions["rate_limiter"] = views.RateLimiter()
+    app.register_blueprint(views.bp)
+    return app

@@ -1,0 +1,142 @@
+"""The one blueprint: the page, the model page and the JSON API, with their safety rails."""
+
+import time
+from collections import defaultdict, deque
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from skinlesion import __version__
+from skinlesion.classes import BY_CODE, CLASSES
+from skinlesion.imaging import ImageError
+from skinlesion.web.openapi import openapi_document
+
+bp = Blueprint("web", __name__)
+
+DISCLAIMER_DETAIL = "This result can be wrong and must not replace an examination by a dermatologist."
+DISCLAIMER = "Research tool, not a diagnosis. " + DISCLAIMER_DETAIL
+ADVICE = {
+    "malignant": "This pattern can belong to a skin cancer. Please see a dermatologist soon and show them this photo.",
+    "pre-malignant": "This looks most like actinic keratosis, which can develop into skin cancer. "
+                     "Please have it checked by a dermatologist.",
+    "benign": "This looks most like a benign lesion, but only a doctor can tell. See a dermatologist if it "
+              "changes in size, shape or colour, bleeds, itches or worries you.",
+}
+UNCERTAIN_ADVICE = "The model is unsure about this image, so do not read much into the result. "
+
+
+def predictor():
+    return current_app.extensions["predictor"]
+
+
+def api_error(status: int, error: str, message: str):
+    response = jsonify(error=error, message=message)
+    response.status_code = status
+    return response
+
+
+class RateLimiter:
+    """A sliding one-minute window per client, per worker process; bounded memory."""
+
+    def __init__(self):
+        self.calls = defaultdict(deque)
+
+    def allow(self, client: str, limit: int) -> bool:
+        now = time.monotonic()
+        window = self.calls[client]
+        while window and now - window[0] > 60:
+            window.popleft()
+        if len(window) >= limit:
+            return False
+        window.append(now)
+        if len(self.calls) > 10_000:  # forget idle clients rather than grow without end
+            for key in [k for k, v in self.calls.items() if not v or now - v[-1] > 60]:
+                del self.calls[key]
+        return True
+
+
+@bp.after_app_request
+def security_headers(response):
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Permissions-Policy"] = "geolocation=(), microphone=()"
+    if request.path.startswith("/api/"):
+        response.headers["Cache-Control"] = "no-store"  # results are personal health data
+    return response
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException):
+    if error.code == 413:
+        return api_error(413, "too_large", "The upload is larger than 10 MB. Please send a smaller photo.")
+    if request.path.startswith("/api/") or request.path == "/healthz" or error.code >= 500:
+        return api_error(error.code, error.name.lower().replace(" ", "_"), error.description)
+    return render_template("error.html", error=error, disclaimer=DISCLAIMER_DETAIL), error.code
+
+
+@bp.app_errorhandler(Exception)
+def unexpected_error(error: Exception):
+    current_app.logger.exception("unexpected error")  # the traceback, never the upload
+    return api_error(500, "internal_error", "Something went wrong on our side. Please try again later.")
+
+
+@bp.get("/")
+def index():
+    return render_template("index.html", disclaimer=DISCLAIMER, classes=CLASSES)
+
+
+@bp.get("/about")
+def about():
+    return render_template("about.html", card=predictor().card, version=predictor().version,
+                           classes=[BY_CODE[c] for c in predictor().classes], disclaimer=DISCLAIMER_DETAIL)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok", model_version=predictor().version)
+
+
+@bp.get("/api/v1/model")
+def model_card():
+    p = predictor()
+    classes = [{"code": c.code, "name": c.name, "risk": c.risk} for c in (BY_CODE[k] for k in p.classes)]
+    return jsonify(model_version=p.version, card=p.card, classes=classes, disclaimer=DISCLAIMER)
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    return jsonify(openapi_document(__version__))
+
+
+@bp.post("/api/v1/predict")
+def predict():
+    client = request.remote_addr or "unknown"
+    if not current_app.extensions["rate_limiter"].allow(client, current_app.config["RATE_LIMIT"]):
+        return api_error(429, "rate_limited", "Too many requests. Please wait a minute and try again.")
+    upload = request.files.get("image")
+    if upload is None:
+        return api_error(400, "missing_image", "Send the photo as the multipart form field 'image'.")
+    data = upload.read()
+    if not data:
+        return api_error(400, "empty_upload", "The uploaded file is empty.")
+    try:
+        result = predictor().assess(data, heatmap=request.form.get("heatmap") == "1", tta=current_app.config["TTA"])
+    except ImageError as error:
+        return api_error(415, "not_an_image", f"This file cannot be read as an image: {error}. "
+                                              "Please send a JPEG or PNG photo.")
+    if not result.assessable:
+        return api_error(422, "cannot_assess", f"Cannot assess this image: {result.reason}.")
+    lesion = BY_CODE[result.label]
+    body = {
+        "label": result.label, "name": lesion.name, "probability": result.probabilities[result.label],
+        "probabilities": result.probabilities, "risk": result.risk, "uncertain": result.uncertain,
+        "advice": (UNCERTAIN_ADVICE if result.uncertain else "") + ADVICE[result.risk],
+        "model_version": predictor().version, "disclaimer": DISCLAIMER,
+    }
+    if result.heatmap_png:
+        body["heatmap"] = "data:image/png;base64," + result.heatmap_png
+    return jsonify(body)

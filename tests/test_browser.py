@@ -1,0 +1,92 @@
+"""Drive Debian's Chromium with Playwright against a live `skinlesion serve` (gunicorn)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_onnx):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "skinlesion", "serve", "--model", str(tiny_onnx),
+                               "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        server.kill()
+        pytest.fail("skinlesion serve did not start: " + server.stdout.read().decode(errors="replace")[-2000:])
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} not installed")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, browser, lesion_jpeg, tmp_path):
+    photo = tmp_path / "lesion.jpg"
+    photo.write_bytes(lesion_jpeg)
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a photo")
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone screen
+    page.goto(live_server)
+    assert "Research tool, not a diagnosis" in page.inner_text(".notice")
+    page.set_input_files("#file", str(photo))
+    page.click("#analyse")
+    page.wait_for_selector("#answer", state="visible", timeout=30_000)
+    label = page.inner_text("#label")
+    assert any(code in label for code in ("MEL", "NV", "BCC", "AK", "BKL", "SCC"))
+    assert page.get_attribute("#heatmap", "src").startswith("data:image/png;base64,")
+    assert page.evaluate("document.getElementById('heatmap').naturalWidth") == 256
+    assert page.locator("#bars li").count() == 8
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-result.png"), full_page=True)
+    page.click("#toggle-heatmap")
+    assert page.is_hidden("#heatmap") and page.is_visible("#plain")
+    page.set_input_files("#file", str(text))
+    page.click("#analyse")
+    page.wait_for_selector("#error", state="visible", timeout=30_000)
+    assert "cannot be read as an image" in page.inner_text("#error")
+    assert page.is_hidden("#answer")
+    page.screenshot(path=str(ARTIFACTS / "browser-error.png"), full_page=True)
+
+
+def test_page_is_keyboard_operable(live_server, browser):
+    page = browser.new_page()
+    page.goto(live_server)
+    focused = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+    assert "file" in focused and "camera" in focused

@@ -1,0 +1,137 @@
+import io
+import os
+import tempfile
+
+import pytest
+from PIL import Image
+
+from skinlesion.classes import CODES
+from skinlesion.web import create_app
+
+
+def post(client, data: bytes, name="photo.jpg", **fields):
+    form = {"image": (io.BytesIO(data), name), **fields}
+    return client.post("/api/v1/predict", data=form, content_type="multipart/form-data")
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_pages_carry_the_disclaimer(client):
+    for path in ("/", "/about"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert b"Research tool, not a diagnosis" in page.data
+    assert b"mobilenet_v2" in client.get("/about").data
+
+
+def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
+    response = post(client, lesion_jpeg, heatmap="1")
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert set(body["probabilities"]) == set(CODES)
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert body["label"] in CODES and body["risk"] in {"malignant", "pre-malignant", "benign"}
+    assert isinstance(body["uncertain"], bool) and body["model_version"].startswith("mobilenet_v2")
+    assert body["heatmap"].startswith("data:image/png;base64,")
+    assert "not a diagnosis" in body["disclaimer"]
+    assert "heatmap" not in post(client, lesion_jpeg).json
+
+
+def test_model_health_and_openapi_routes(client):
+    card = client.get("/api/v1/model").json
+    assert card["card"]["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
+    assert {c["code"]: c["risk"] for c in card["classes"]}["MEL"] == "malignant"
+    assert client.get("/healthz").json["status"] == "ok"
+    spec = client.get("/api/v1/openapi.json").json
+    assert spec["openapi"].startswith("3.") and "/api/v1/predict" in spec["paths"]
+
+
+def test_security_headers(client):
+    headers = client.get("/").headers
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("data, status, error", [
+    (b"", 400, "empty_upload"),
+    (b"hello, this is text", 415, "not_an_image"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 50, 415, "not_an_image"),
+])
+def test_bad_uploads_get_json_4xx(client, data, status, error):
+    response = post(client, data)
+    assert response.status_code == status and response.json["error"] == error
+    assert response.json["message"]
+
+
+def test_missing_field_wrong_method_and_unknown_route(client):
+    response = client.post("/api/v1/predict", data={"photo": (io.BytesIO(b"x"), "a.jpg")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400 and "'image'" in response.json["message"]
+    assert client.get("/api/v1/predict").status_code == 405
+    assert client.get("/api/v1/predict").json["error"] == "method_not_allowed"
+    assert client.get("/api/v1/nothing").json["error"] == "not_found"
+
+
+def test_truncated_jpeg_is_415(client, lesion_jpeg):
+    response = post(client, lesion_jpeg[: len(lesion_jpeg) // 2])
+    assert response.status_code == 415 and "truncated" in response.json["message"]
+
+
+def test_upload_over_10_mb_is_413(client):
+    response = post(client, os.urandom(11 * 1024 * 1024))
+    assert response.status_code == 413 and response.json["error"] == "too_large"
+
+
+def test_decompression_bomb_is_refused(client):
+    bomb = encode(Image.new("L", (12000, 12000)), "PNG")  # 144 megapixels in a few hundred kB
+    assert len(bomb) < 1024 * 1024
+    response = post(client, bomb, "bomb.png")
+    assert response.status_code == 415 and "too many pixels" in response.json["message"]
+
+
+@pytest.mark.parametrize("kind", ["png_alpha", "png_16bit", "cmyk_jpeg", "animated_gif", "palette_png"])
+def test_unusual_image_modes_are_classified(client, lesion_jpeg, kind):
+    photo = Image.open(io.BytesIO(lesion_jpeg))
+    if kind == "png_alpha":
+        data = encode(photo.convert("RGBA"), "PNG")
+    elif kind == "png_16bit":
+        data = encode(Image.fromarray((__import__("numpy").asarray(photo.convert("L"), dtype="uint16") * 257)), "PNG")
+    elif kind == "cmyk_jpeg":
+        data = encode(photo.convert("CMYK"), "JPEG")
+    elif kind == "animated_gif":
+        data = encode(photo, "GIF", save_all=True, append_images=[photo.rotate(90)], duration=100, loop=0)
+    else:
+        data = encode(photo.convert("P"), "PNG")
+    response = post(client, data, f"photo.{kind}")
+    if kind == "png_16bit":  # grey: read fine, then judged not to be a colour skin photo
+        assert response.status_code == 422 and response.json["error"] == "cannot_assess"
+    else:
+        assert response.status_code == 200, response.json
+
+
+def test_not_a_skin_photo_gets_cannot_assess(client):
+    response = post(client, encode(Image.new("RGB", (400, 300), (255, 255, 255)), "PNG"))
+    assert response.status_code == 422 and response.json["message"].startswith("Cannot assess this image")
+
+
+def test_rate_limit_per_client(tiny_onnx, lesion_jpeg):
+    client = create_app({"MODEL": str(tiny_onnx), "RATE_LIMIT": 3}).test_client()
+    codes = [post(client, lesion_jpeg).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+
+
+def test_uploads_are_never_written_to_disk(client, lesion_jpeg):
+    before = set(os.listdir(tempfile.gettempdir()))
+    big = lesion_jpeg + b"\x00" * (3 * 1024 * 1024)  # past werkzeug's 500 kB spool-to-disk threshold
+    observed = []
+    original = tempfile.SpooledTemporaryFile.rollover
+    tempfile.SpooledTemporaryFile.rollover = lambda self: observed.append(1) or original(self)
+    try:
+        assert post(client, big).status_code == 200
+    finally:
+        tempfile.SpooledTemporaryFile.rollover = original
+    assert observed == [] and set(os.listdir(tempfile.gettempdir())) - before == set()
