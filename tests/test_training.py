@@ -72,3 +72,6 @@ def test_training_errors_are_clean(prepared32, tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"),
                                        "--model", "vgg"])
     assert result.exit_code == 1 and "choose from mobilenet_v2" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"),
+                                       "--model", "alexnet"])
+    assert result.exit_code == 1 and "alexnet needs inputs of at least 64 px" in result.output

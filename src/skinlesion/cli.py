@@ -224,3 +224,34 @@ def serve(host, port, workers, model_path, dev):
     fail_cleanly(lambda: Predictor(model_path))  # a missing or wrong model fails here, not in every worker
     click.echo(f"serving on http://{host}:{port}  (research tool, not a diagnosis)")
     run_server(host, port, workers, str(model_path) if model_path else None, dev)
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Official ISIC layout.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Work folder (resumable).")
+@click.option("--report", "report_path", default=Path("docs/comparison.md"), show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--models", default="mobilenet_v2,efficientnet_lite0,resnet50,alexnet", show_default=True)
+@click.option("--protocols", default="lesion,paper", show_default=True)
+@click.option("--size", default=64, show_default=True)
+@click.option("--extra-sizes", default="128", show_default=True, help="Sizes tried for the best model ('' for none).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes, epochs, seed):
+    """Train and compare the four models under the lesion and the paper protocol; write a report."""
+    import sys
+
+    from skinlesion.compare import CompareConfig, compare as run_compare
+    from skinlesion.models import model_spec
+    from skinlesion.report import write_comparison_report
+
+    def run():
+        names = tuple(m.strip() for m in models.split(",") if m.strip())
+        for name in names:
+            model_spec(name)
+        sizes = tuple(int(s) for s in extra_sizes.split(",") if s.strip())
+        config = CompareConfig(names, tuple(p.strip() for p in protocols.split(",")), size, sizes, epochs, 64, seed)
+        run_compare(data_dir, out_dir, config)
+        return write_comparison_report(out_dir, report_path, "skinlesion " + " ".join(sys.argv[1:]))
+
+    click.echo(f"report: {fail_cleanly(run)}")

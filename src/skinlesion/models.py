@@ -13,6 +13,7 @@ class ModelSpec:
     mean: tuple[float, float, float]  # in 0..1 units, as the weights expect
     std: tuple[float, float, float]
     pretrained: bool  # whether ImageNet weights exist offline for it
+    min_size: int = 32  # smallest input side whose feature map does not vanish
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -54,7 +55,7 @@ MODELS = {
     "mobilenet_v2": ModelSpec(mobilenet_v2_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
     "efficientnet_lite0": ModelSpec(efficientnet_lite0_trunk, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained=True),
     "resnet50": ModelSpec(resnet50_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
-    "alexnet": ModelSpec(alexnet_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
+    "alexnet": ModelSpec(alexnet_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False, min_size=64),
 }
 
 

@@ -41,12 +41,14 @@ class Prepared:
         return self.table[self.table["split"] == name]
 
 
-def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool = True) -> dict:
-    """Build the pixel cache and the manifest; return the summary written to prepared.json."""
+def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool = True,
+            cache_dir: Path | None = None) -> dict:
+    """Build the pixel cache (in out_dir/cache unless shared) and the manifest; return prepared.json's summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     isic = read_isic(Path(data_dir))
-    cache = build_cache(isic.images, out_dir / "cache", config.cache, progress=progress)
+    cache_dir = Path(cache_dir).resolve() if cache_dir else out_dir / "cache"
+    cache = build_cache(isic.images, cache_dir, config.cache, progress=progress)
     problems = list(isic.problems)
     readable = cache.index["problem"] == ""
     for image, path, problem in cache.index.loc[~readable, ["image", "path", "problem"]].itertuples(index=False):
@@ -67,7 +69,8 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
         "size": config.cache.size,
         "policy": config.cache.policy,
         "config": asdict(config),
-        "cache": f"cache/pixels-{config.cache.size}-{config.cache.policy}.npy",
+        "cache": str(cache_dir.relative_to(out_dir) if cache_dir.is_relative_to(out_dir) else cache_dir)
+                 + f"/pixels-{config.cache.size}-{config.cache.policy}.npy",
         "cache_reused": cache.reused,
         "images_read": int(len(images)),
         "problems": len(problems),

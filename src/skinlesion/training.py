@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from skinlesion.evaluate import balanced_accuracy, fit_temperature
-from skinlesion.models import create_model, load_model, save_model
+from skinlesion.models import create_model, load_model, model_spec, save_model
 from skinlesion.prepare import load_prepared
 from skinlesion.presets import EvalPreset, TrainPreset
 from skinlesion.splits import class_weights, sampler_weights
@@ -178,6 +178,9 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = PreparedData(prepared_dir, config.batch_size, config.imbalance, config.seed)
     prepared = data.prepared
+    if prepared.size < model_spec(config.model).min_size:
+        raise ValueError(f"{config.model} needs inputs of at least {model_spec(config.model).min_size} px but "
+                         f"{prepared_dir} holds {prepared.size} px; prepare with a larger --size")
     system = LesionSystem(asdict(config), list(prepared.classes), prepared.size, prepared.policy, data.loss_weights())
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", monitor="val_bacc",
                                                       mode="max", save_last=True)

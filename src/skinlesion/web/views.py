@@ -86,7 +86,7 @@ def unexpected_error(error: Exception):
 
 @bp.get("/")
 def index():
-    return render_template("index.html", disclaimer=DISCLAIMER, classes=CLASSES)
+    return render_template("index.html", disclaimer=DISCLAIMER_DETAIL, classes=CLASSES)
 
 
 @bp.get("/about")

@@ -1,0 +1,93 @@
+"""The paper's comparison: four models under one protocol, the paper's leaky protocol beside it, input sizes."""
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from skinlesion.cache import CacheConfig
+from skinlesion.evaluate import evaluate_model
+from skinlesion.models import MODELS, load_model
+from skinlesion.prepare import PrepareConfig, prepare
+from skinlesion.splits import BALANCE_PRESETS, SplitConfig
+from skinlesion.training import TrainConfig, fit
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    models: tuple[str, ...] = tuple(MODELS)
+    protocols: tuple[str, ...] = ("lesion", "paper")
+    size: int = 64  # the paper's input size
+    extra_sizes: tuple[int, ...] = (128,)  # tried for the best model, lesion protocol only
+    epochs: int = 10  # sized so the whole comparison fits about two hours on 2 CPU cores
+    batch_size: int = 64
+    seed: int = 0
+
+
+def prepared_dir(out: Path, protocol: str, size: int) -> Path:
+    return out / "prepared" / f"{protocol}-{size}"
+
+
+def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, config: CompareConfig) -> dict:
+    """Prepare (cached), train (resumable) and score one model; return its row of the results table."""
+    data = prepared_dir(out, protocol, size)
+    if not (data / "prepared.json").exists():
+        prepare(data_dir, data, PrepareConfig(balance=BALANCE_PRESETS["paper"],
+                                              split=SplitConfig(protocol=protocol, seed=config.seed),
+                                              cache=CacheConfig(size=size)), progress=False,
+                cache_dir=out / "cache")  # one pixel cache per size, shared by both protocols
+    run = out / "runs" / f"{protocol}-{model}-{size}"
+    train = TrainConfig(model=model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                        patience=config.epochs)
+    started = time.perf_counter()
+    if not (run / "model.pt").exists():
+        fit(data, run, train, resume=(run / "checkpoints" / "last.ckpt").exists(), progress=False)
+    seconds = time.perf_counter() - started
+    val, _ = evaluate_model(run, data, "val")
+    test, _ = evaluate_model(run, data, "test")
+    network, meta = load_model(run / "model.pt")
+    row = {"model": model, "protocol": protocol, "size": size, "val_bacc": val["balanced_accuracy"],
+           "test_bacc": test["balanced_accuracy"], "test_accuracy": test["accuracy"], "test_macro_auc": test["macro_auc"],
+           "test_ece": test["ece"], **{f"recall_{c}": r for c, r in test["recall"].items()},
+           "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
+           "file_mb": (run / "model.pt").stat().st_size / 1e6, "cpu_latency_ms": cpu_latency_ms(network, size),
+           "epochs_trained": meta.get("epochs_trained"), "train_seconds_this_call": round(seconds),
+           "command": f"skinlesion train --data {data} --model {model} --epochs {config.epochs} "
+                      f"--batch-size {config.batch_size} --seed {config.seed} --patience {config.epochs} --out {run}"}
+    print(f"{protocol:6s} {model:18s} {size:4d}px  val bacc {row['val_bacc']:.3f}  test bacc {row['test_bacc']:.3f}",
+          flush=True)
+    return row
+
+
+@torch.inference_mode()
+def cpu_latency_ms(model, size: int, repeats: int = 20) -> float:
+    """Median time of one single-image forward pass in PyTorch on this CPU."""
+    x = torch.rand(1, 3, size, size).mul(255).contiguous(memory_format=torch.channels_last)
+    model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def compare(data_dir: Path, out: Path, config: CompareConfig) -> pd.DataFrame:
+    """Run every model under every protocol, then the best model at larger sizes; write results.csv."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_config.json").write_text(json.dumps(asdict(config), indent=1))
+    rows = [run_one(data_dir, out, m, p, config.size, config) for p in config.protocols for m in config.models]
+    results = pd.DataFrame(rows)
+    honest = results[results["protocol"] == "lesion"]
+    if not honest.empty and config.extra_sizes:
+        best = honest.sort_values("val_bacc", ascending=False)["model"].iloc[0]
+        rows += [run_one(data_dir, out, best, "lesion", s, config) for s in config.extra_sizes]
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    return results
+
