@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild the bundled model from scratch on the ISIC 2019 sample (about 40 min on 2 CPU cores).
+# Rebuild the bundled model (src/skinlesion/bundled/) from scratch on the ISIC 2019 sample
+# (about 40 min on 2 free CPU cores).
 # Re-running it resumes an interrupted training run. Usage: scripts/build_bundled_model.sh [DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +15,8 @@ RESUME=""
 # 60 batches of 64 balanced draws per epoch: every class is seen ~480 times an epoch.
 skinlesion train --data "$WORK/prepared" --model efficientnet_lite0 --out "$WORK/run" \
     --imbalance sampler --epochs 25 --limit-train-batches 60 --lr 1e-3 --dropout 0.3 --patience 8 $RESUME
+
+# Scores that travel with the model: validation (used for selection and calibration) and test (used once).
+skinlesion evaluate "$WORK/run" --data "$WORK/prepared" --split val
+skinlesion evaluate "$WORK/run" --data "$WORK/prepared" --split test
+skinlesion export "$WORK/run" --out src/skinlesion/bundled/model.onnx --card src/skinlesion/bundled/MODEL_CARD.md

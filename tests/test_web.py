@@ -135,3 +135,21 @@ def test_uploads_are_never_written_to_disk(client, lesion_jpeg):
     finally:
         tempfile.SpooledTemporaryFile.rollover = original
     assert observed == [] and set(os.listdir(tempfile.gettempdir())) - before == set()
+
+
+def test_serving_never_imports_torch(tiny_onnx, lesion_jpeg, tmp_path):
+    import subprocess
+    import sys
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(lesion_jpeg)
+    script = (
+        "import sys, io\n"
+        "from skinlesion.web import create_app\n"
+        f"client = create_app({{'MODEL': {str(tiny_onnx)!r}}}).test_client()\n"
+        f"data = open({str(photo)!r}, 'rb').read()\n"
+        "r = client.post('/api/v1/predict', data={'image': (io.BytesIO(data), 'p.jpg'), 'heatmap': '1'})\n"
+        "assert r.status_code == 200, r.json\n"
+        "assert 'torch' not in sys.modules, 'serving imported torch'\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

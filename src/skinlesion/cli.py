@@ -161,9 +161,11 @@ def echo_metrics(metrics: dict) -> None:
 @click.option("--data", "prepared_dir", type=click.Path(path_type=Path), default=None,
               help="Prepared data for the parity check (default: the one the model was trained on).")
 @click.option("--int8", is_flag=True, help="Also write an int8-quantised copy and report its accuracy cost.")
-def export(model_path, out, prepared_dir, int8):
+@click.option("--card", "card_path", type=click.Path(path_type=Path), default=None,
+              help="Also write a markdown model card rendered from the model's metadata.")
+def export(model_path, out, prepared_dir, int8, card_path):
     """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
-    from skinlesion.export import export_with_checks
+    from skinlesion.export import export_with_checks, write_model_card
 
     report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, int8))
     click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
@@ -174,6 +176,8 @@ def export(model_path, out, prepared_dir, int8):
                    f"{q['balanced_accuracy_int8']:.4f} vs {q['balanced_accuracy_fp32']:.4f} in fp32 "
                    f"(cost {q['balanced_accuracy_fp32'] - q['balanced_accuracy_int8']:+.4f}); "
                    f"same top class for {q['agreement']:.1%} of images")
+    if card_path:
+        click.echo(f"model card: {write_model_card(out, card_path)}")
 
 
 @main.command()

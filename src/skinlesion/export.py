@@ -2,6 +2,7 @@
 
 import json
 import logging
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,11 @@ def export_onnx(model_path: Path, out: Path, sample_pixels: np.ndarray) -> dict:
                                     "class_maps": {0: "batch"}}, opset_version=17, dynamo=False)
     card = {k: meta[k] for k in ("arch", "classes", "size", "policy", "mean", "std", "temperature")}
     card.update({"input": "pixels: float32 (batch, size, size, 3) RGB in 0..255, resized by 'policy'",
-                 "skinlesion_version": __version__,
+                 "skinlesion_version": __version__, "exported": date.today().isoformat(),
                  **{k: meta[k] for k in ("val_bacc", "epochs_trained", "train_config") if k in meta}})
+    # Reports that `skinlesion evaluate` left in the run folder travel with the model.
+    reports = {split: Path(model_path).parent / f"eval-{split}" / "metrics.json" for split in ("val", "test")}
+    card["metrics"] = {split: json.loads(path.read_text()) for split, path in reports.items() if path.exists()}
     onnx_model = onnx.load(out)
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(card)
@@ -77,6 +81,49 @@ def quantize_int8(onnx_path: Path, out: Path) -> Path:
         for prop in source.metadata_props:
             target.metadata_props.add().CopyFrom(prop)
         onnx.save(target, out)
+    return Path(out)
+
+
+def read_card(onnx_path: Path) -> dict:
+    """Return the metadata embedded in an exported model."""
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return json.loads(props[METADATA_KEY])
+
+
+def write_model_card(onnx_path: Path, out: Path) -> Path:
+    """Render MODEL_CARD.md from the model's own metadata, so card and model cannot disagree."""
+    card = read_card(onnx_path)
+    lines = [f"# Model card: {card['arch']} ({card['size']}x{card['size']} px)", "",
+             "> **Research tool, not a diagnosis.** Not a medical device; its output must not replace a dermatologist.",
+             "", f"- File: `{Path(onnx_path).name}` ({Path(onnx_path).stat().st_size / 1e6:.1f} MB), exported "
+             f"{card.get('exported', '?')} by skinlesion {card['skinlesion_version']}",
+             f"- Classes (in output order): {', '.join(card['classes'])}",
+             f"- Input: {card['size']}x{card['size']} px RGB, resize policy '{card['policy']}', normalised inside "
+             f"the model (mean {card['mean']}, std {card['std']})",
+             f"- Calibration: temperature {card['temperature']:.3f}, fitted on the validation split only",
+             f"- Training recipe: `{json.dumps(card.get('train_config', {}))}`",
+             f"- Epochs trained: {card.get('epochs_trained', '?')}", ""]
+    for split in ("val", "test"):
+        m = card.get("metrics", {}).get(split)
+        if not m:
+            continue
+        lines += [f"## {'Validation' if split == 'val' else 'Test'} split ({m['images']} images, lesion-grouped)", "",
+                  f"Balanced accuracy **{m['balanced_accuracy']:.3f}** (mean per-class recall, the ISIC metric); "
+                  f"accuracy {m['accuracy']:.3f}; macro AUC {m['macro_auc']:.3f}; expected calibration error "
+                  f"{m['ece']:.3f} (before temperature scaling {m.get('ece_uncalibrated', float('nan')):.3f}).", "",
+                  "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
+                  "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
+    lines += ["## Data and limitations", "",
+              "- Trained on a 12,922-image sample of the ISIC 2019 training set (HAM10000 almost complete, most of "
+              "MSK, only 14 BCN_20000 images), downsized to at most 256 px. Licence CC BY-NC: non-commercial use only.",
+              "- Rare classes are thin: AK 130, DF 115, VASC 142, SCC 197 images in the whole sample, so their "
+              "recalls rest on about 20-30 test images each and are uncertain by roughly +-10 points.",
+              "- Split by lesion (no lesion in two of train/val/test); selected on validation balanced accuracy; "
+              "the test split was used once, for the numbers above.",
+              "- Dermoscopic photos only. Clinical (non-dermoscopic) photos, other body sites, skin types and cameras "
+              "under-represented in ISIC will do worse. It is not a diagnostic device.", ""]
+    Path(out).write_text("\n".join(lines))
     return Path(out)
 
 

@@ -130,5 +130,5 @@ def heatmap_overlay(pixels: np.ndarray, class_map: np.ndarray, side: int = 256) 
     alpha = 0.15 + 0.45 * cam
     blended = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="PNG")
+    Image.fromarray(blended).save(buffer, format="PNG", compress_level=1)  # speed over a few kB
     return base64.b64encode(buffer.getvalue()).decode("ascii")
