@@ -6,7 +6,6 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main

@@ -1,6 +1,5 @@
 """The command line: a thin layer that turns options into config dataclasses and library calls."""
 
-import json
 from pathlib import Path
 
 import click
