@@ -188,7 +188,7 @@ def export(model_path, out, prepared_dir, int8, card_path):
 @click.option("--batch-size", default=32, show_default=True)
 def predict(inputs, model_path, output, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
-    from skinlesion.classes import CODES
+    from skinlesion.classes import BY_CODE, CODES
     from skinlesion.predict import Predictor, image_files
 
     def run():
@@ -205,7 +205,6 @@ def predict(inputs, model_path, output, batch_size):
     else:
         for name, probs in rows:
             top = max(probs, key=probs.get)
-            from skinlesion.classes import BY_CODE
             click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk})")
     for problem in problems:
         click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)

@@ -47,7 +47,7 @@ class Predictor:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self.card = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-        except (KeyError, ValueError, Exception) as error:  # onnxruntime raises its own exception types
+        except Exception as error:  # onnxruntime raises its own exception types; KeyError: no card
             raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
         self.classes = tuple(self.card["classes"])
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
