@@ -55,4 +55,4 @@ def test_submission_has_every_isic_column(tmp_path):
     write_submission(tmp_path / "s.csv", ["a"], np.array([[0.25, 0.75]]), ["NV", "MEL"])
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0] == "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC"
-    assert lines[1] == "a,0.750000,0.250000" + ",0.000000" * 6
+    assert lines[1] == "a,0.75000000,0.25000000" + ",0.00000000" * 6

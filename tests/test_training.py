@@ -6,6 +6,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main
@@ -37,6 +38,11 @@ def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_
     assert metrics["balanced_accuracy"] > 0.2
     assert {"confusion.png", "reliability.png", "per_class.csv", "predictions.csv"} <= {
         p.name for p in (run / "eval-test").iterdir()}
+    # The official scorer reads what evaluate wrote and gets our balanced accuracy.
+    scored = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification",
+                             str(run / "eval-test" / "truth.csv"), str(run / "eval-test" / "predictions.csv")],
+                            capture_output=True, text=True, check=True).stdout
+    assert json.loads(scored)["aggregate"]["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"], abs=1e-6)
     # A finished run is never overwritten by accident.
     again = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 1))
     assert again.exit_code == 1 and "pass --resume" in again.output
