@@ -103,7 +103,7 @@ def write_submission(path: Path, images, probs: np.ndarray, classes, columns=COD
     frame = pd.DataFrame({"image": list(images)})
     for code in columns:
         frame[code] = probs[:, list(classes).index(code)].astype(float) if code in classes else 0.0
-    frame.to_csv(path, index=False, float_format="%.8f")  # enough digits that argmax ties cannot appear
+    frame.to_csv(path, index=False, float_format="%.8f")  # enough digits that rounding does not create argmax ties
 
 
 def write_truth(path: Path, images, y_true: np.ndarray, classes) -> None:
