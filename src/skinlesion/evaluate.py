@@ -53,11 +53,16 @@ def per_class_table(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFr
                         index=list(classes))
 
 
+def confidence_bins(probs: np.ndarray, y_true: np.ndarray, bins: int):
+    """Return (top-class confidence, correct, bin index of each image) for equal-width bins."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    return confidence, correct, which
+
+
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
     """Weighted mean |accuracy - confidence| over equal-width confidence bins of the top class."""
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    confidence, correct, which = confidence_bins(probs, y_true, bins)
     error = 0.0
     for b in range(bins):
         inside = which == b
@@ -114,10 +119,16 @@ def write_truth(path: Path, images, y_true: np.ndarray, classes) -> None:
     frame.to_csv(path, index=False, float_format="%.1f")
 
 
-def plot_confusion(matrix: np.ndarray, classes, path: Path) -> None:
+def pyplot():
+    """Return matplotlib's pyplot on the file-only backend (imported late: serving never needs it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(matrix: np.ndarray, classes, path: Path) -> None:
+    plt = pyplot()
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -136,13 +147,9 @@ def plot_confusion(matrix: np.ndarray, classes, path: Path) -> None:
 
 
 def plot_reliability(probs: np.ndarray, y_true: np.ndarray, path: Path, bins: int = 15) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    centres = (edges[:-1] + edges[1:]) / 2
+    plt = pyplot()
+    _, correct, which = confidence_bins(probs, y_true, bins)
+    centres = (np.arange(bins) + 0.5) / bins
     accuracy = [correct[which == b].mean() if (which == b).any() else 0 for b in range(bins)]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")

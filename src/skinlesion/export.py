@@ -30,12 +30,11 @@ class ExportWrapper(nn.Module):
         return probabilities, logits, self.model.class_maps(features)  # (B, K), (B, K), (B, K, h, w)
 
 
-def export_onnx(model_path: Path, out: Path, sample_pixels: np.ndarray) -> dict:
+def export_onnx(model: Classifier, meta: dict, model_path: Path, out: Path, sample_pixels: np.ndarray) -> dict:
     """Write model.onnx with metadata; check it against PyTorch on real pixels; return the report."""
     import onnx
     import onnxruntime as ort
 
-    model, meta = load_model(resolve_model(model_path))
     model = model.to(memory_format=torch.contiguous_format)
     wrapper = ExportWrapper(model, meta["temperature"]).eval()
     size = meta["size"]
@@ -130,10 +129,11 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
 def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, int8: bool) -> dict:
     """Export with parity checked on validation images; optionally quantise and report the accuracy cost."""
     model_file = resolve_model(model_path)
-    meta = torch.load(model_file, map_location="cpu", weights_only=False)
+    model, meta = load_model(model_file)
     prepared = load_prepared(prepared_dir or Path(meta.get("prepared", "")))
     val = prepared.split("val")
-    report = export_onnx(model_file, Path(out), np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]]))
+    sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
+    report = export_onnx(model, meta, model_file, Path(out), sample)
     if int8:
         logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on every call
         quantised = quantize_int8(Path(out), Path(out).with_name(Path(out).stem + "-int8.onnx"))

@@ -7,17 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.evaluate import confusion_matrix
+from skinlesion.evaluate import confusion_matrix, pyplot
 
 PAPER_ACCURACY = 0.97  # claimed, 64x64, balance-then-random-split
 GESSERT_BACC = 0.742  # best honest ISIC 2019 result: ensemble, full resolution, lesion-grouped CV
-
-
-def plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-    return pyplot
 
 
 def recall_columns(results: pd.DataFrame) -> list[str]:
@@ -27,8 +20,8 @@ def recall_columns(results: pd.DataFrame) -> list[str]:
 def plot_recall(results: pd.DataFrame, path: Path) -> None:
     honest = results[(results["protocol"] == "lesion") & (results["size"] == results["size"].min())]
     columns = recall_columns(honest)
-    pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(8, 4))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(honest), 1)
     for i, (_, row) in enumerate(honest.iterrows()):
         ax.bar(np.arange(len(columns)) + i * width, row[columns].astype(float), width, label=row["model"])
@@ -38,13 +31,13 @@ def plot_recall(results: pd.DataFrame, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    pyplot.close(fig)
+    plt.close(fig)
 
 
 def plot_confusions(out: Path, results: pd.DataFrame, path: Path) -> None:
     honest = results[(results["protocol"] == "lesion") & (results["size"] == results["size"].min())]
-    pyplot = plt()
-    fig, axes = pyplot.subplots(1, len(honest), figsize=(4 * len(honest), 4), squeeze=False)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(honest), figsize=(4 * len(honest), 4), squeeze=False)
     for ax, (_, row) in zip(axes[0], honest.iterrows()):
         report = out / "runs" / f"lesion-{row['model']}-{row['size']}" / "eval-test"
         truth, preds = pd.read_csv(report / "truth.csv"), pd.read_csv(report / "predictions.csv")
@@ -59,12 +52,12 @@ def plot_confusions(out: Path, results: pd.DataFrame, path: Path) -> None:
         ax.set_title(row["model"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    pyplot.close(fig)
+    plt.close(fig)
 
 
 def plot_learning_curves(out: Path, results: pd.DataFrame, path: Path) -> None:
-    pyplot = plt()
-    fig, axes = pyplot.subplots(1, 2, figsize=(10, 4), sharey=True)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, protocol in zip(axes, ("lesion", "paper")):
         for _, row in results[results["protocol"] == protocol].iterrows():
             log = out / "runs" / f"{protocol}-{row['model']}-{row['size']}" / "epochs.csv"
@@ -76,13 +69,13 @@ def plot_learning_curves(out: Path, results: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    pyplot.close(fig)
+    plt.close(fig)
 
 
 def plot_cost(results: pd.DataFrame, path: Path) -> None:
     honest = results[results["protocol"] == "lesion"]
-    pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(6, 4))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(honest["cpu_latency_ms"], honest["test_bacc"], s=20 + honest["file_mb"] * 3, alpha=0.6)
     for _, row in honest.iterrows():
         ax.annotate(f"{row['model']} {row['size']}px\n{row['params_m']:.1f}M params, {row['file_mb']:.0f} MB",
@@ -92,7 +85,7 @@ def plot_cost(results: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("test balanced accuracy (lesion protocol)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    pyplot.close(fig)
+    plt.close(fig)
 
 
 def percent(x) -> str:
