@@ -1,6 +1,6 @@
 import pandas as pd
 
-from skinlesion.compare import CompareConfig, compare
+from skinlesion.compare import CompareConfig, compare, leakage_effect
 from skinlesion.report import write_comparison_report
 
 
@@ -13,9 +13,32 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     report = write_comparison_report(tmp_path / "cmp", tmp_path / "docs" / "comparison.md", "skinlesion compare ...")
     text = report.read_text()
     assert "Research tool, not a diagnosis" in text and "| 1 | alexnet |" in text
-    assert "inflation (points)" in text and "80px" in text
+    assert "inflation (points)" in text and "memorisation gain" in text and "80px" in text
+    paper = results[results["protocol"] == "paper"].iloc[0]
+    assert 0 < paper["test_leaked_share"] < 1 and paper["leak_classes"] >= 1
     for plot in ("recall", "confusion", "learning-curves", "cost"):
         assert (tmp_path / "docs" / f"comparison-{plot}.png").stat().st_size > 1000
     # Resumable: a second call trains nothing and gives the same numbers.
     again = compare(shared_data, tmp_path / "cmp", config)
     pd.testing.assert_series_equal(again["test_bacc"], results["test_bacc"])
+
+
+def write_csv(path, rows):
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_leakage_effect_compares_leaked_and_clean_images_within_each_class(tmp_path):
+    # Lesion L1 has photos in train and test; a model right on exactly the leaked photos gains 100 points.
+    write_csv(tmp_path / "splits.csv", [
+        {"image": "a", "label": "MEL", "group": "L1", "split": "train"},
+        {"image": "b", "label": "MEL", "group": "L1", "split": "test"},
+        {"image": "c", "label": "MEL", "group": "L2", "split": "test"},
+        {"image": "d", "label": "NV", "group": "L3", "split": "test"},  # NV has no leaked photo: left out
+    ])
+    write_csv(tmp_path / "truth.csv", [{"image": "b", "MEL": 1.0, "NV": 0.0}, {"image": "c", "MEL": 1.0, "NV": 0.0},
+                                       {"image": "d", "MEL": 0.0, "NV": 1.0}])
+    write_csv(tmp_path / "predictions.csv", [{"image": "c", "MEL": 0.2, "NV": 0.8}, {"image": "b", "MEL": 0.9, "NV": 0.1},
+                                             {"image": "d", "MEL": 0.1, "NV": 0.9}])
+    effect = leakage_effect(tmp_path, tmp_path)
+    assert effect["test_leaked_share"] == 1 / 3 and effect["leak_classes"] == 1
+    assert (effect["test_recall_leaked"], effect["test_recall_clean"], effect["leak_gain"]) == (1.0, 0.0, 1.0)

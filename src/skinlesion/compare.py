@@ -50,17 +50,43 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
     val, _ = evaluate_model(run, data, "val")
     test, _ = evaluate_model(run, data, "test")
     network, meta = load_model(run / "model.pt")
+    leakage = leakage_effect(data, run / "eval-test") if protocol == "paper" else {}
     row = {"model": model, "protocol": protocol, "size": size, "val_bacc": val["balanced_accuracy"],
            "test_bacc": test["balanced_accuracy"], "test_accuracy": test["accuracy"], "test_macro_auc": test["macro_auc"],
            "test_ece": test["ece"], **{f"recall_{c}": r for c, r in test["recall"].items()},
            "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
            "file_mb": (run / "model.pt").stat().st_size / 1e6, "cpu_latency_ms": cpu_latency_ms(network, size),
-           "epochs_trained": meta.get("epochs_trained"), "train_seconds_this_call": round(seconds),
+           **leakage, "epochs_trained": meta.get("epochs_trained"), "train_seconds_this_call": round(seconds),
            "command": f"skinlesion train --data {data} --model {model} --epochs {config.epochs} "
                       f"--batch-size {config.batch_size} --seed {config.seed} --patience {config.epochs} --out {run}"}
     print(f"{protocol:6s} {model:18s} {size:4d}px  val bacc {row['val_bacc']:.3f}  test bacc {row['test_bacc']:.3f}",
           flush=True)
     return row
+
+
+def leaked_test_images(splits: pd.DataFrame) -> pd.Series:
+    """For each test image, whether a photo of its lesion (or a near duplicate of it) is in the training split."""
+    train_groups = set(splits.loc[splits["split"] == "train", "group"])
+    test = splits[splits["split"] == "test"]
+    return pd.Series(test["group"].isin(train_groups).to_numpy(), index=test["image"].to_numpy())
+
+
+def leakage_effect(prepared: Path, eval_dir: Path) -> dict:
+    """Score one model's test predictions separately on leaked and clean test images.
+
+    Recall is compared within each class and then averaged over the classes that have both kinds of image, so a
+    different class mix among leaked images cannot pass for memorisation.
+    """
+    leaked = leaked_test_images(pd.read_csv(Path(prepared) / "splits.csv"))
+    truth = pd.read_csv(Path(eval_dir) / "truth.csv", index_col="image")
+    predictions = pd.read_csv(Path(eval_dir) / "predictions.csv", index_col="image").loc[truth.index, truth.columns]
+    table = pd.DataFrame({"label": truth.idxmax(axis=1),
+                          "correct": predictions.to_numpy().argmax(1) == truth.to_numpy().argmax(1),
+                          "leaked": leaked.reindex(truth.index).fillna(False).astype(bool)})
+    recall = table.groupby(["label", "leaked"])["correct"].mean().unstack().reindex(columns=[False, True]).dropna()
+    clean, leaky = recall[False].mean(), recall[True].mean()
+    return {"test_leaked_share": float(table["leaked"].mean()), "test_recall_leaked": float(leaky),
+            "test_recall_clean": float(clean), "leak_gain": float(leaky - clean), "leak_classes": len(recall)}
 
 
 @torch.inference_mode()
