@@ -54,3 +54,22 @@ def test_user_errors_are_clean_messages_not_tracebacks(small_layout, tmp_path):
     assert "Traceback" not in result.output
     result = run_prepare("--data", small_layout, "--out", tmp_path / "p", "--classes", "MEL,XYZ")
     assert result.exit_code == 1 and "unknown class 'XYZ'" in result.output
+
+
+def test_a_second_preparation_can_reuse_the_first_split(small_layout, tmp_path):
+    first = run_prepare("--data", small_layout, "--out", tmp_path / "a", "--size", 16, "--balance", "all")
+    assert first.exit_code == 0, first.output
+    other_size = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--size", 24, "--balance", "all",
+                             "--seed", 5, "--splits-from", tmp_path / "a")
+    assert other_size.exit_code == 0, other_size.output
+    a, b = (pd.read_csv(tmp_path / p / "splits.csv", keep_default_na=False) for p in "ab")
+    assert a["split"].equals(b["split"]) and load_prepared(tmp_path / "b").pixels.shape[1] == 24
+    # Without --splits-from that seed would have split differently.
+    assert run_prepare("--data", small_layout, "--out", tmp_path / "c", "--size", 16, "--balance", "all",
+                       "--seed", 5).exit_code == 0
+    assert not a["split"].equals(pd.read_csv(tmp_path / "c" / "splits.csv")["split"])
+    a.iloc[1:].to_csv(tmp_path / "a" / "splits.csv", index=False)
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--balance", "all", "--splits-from", tmp_path / "a")
+    assert result.exit_code == 1 and "has no split for 1 of these images" in result.output
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--splits-from", tmp_path / "nowhere")
+    assert result.exit_code == 1 and "no manifest to take the split from" in result.output

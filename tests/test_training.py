@@ -80,3 +80,39 @@ def test_training_errors_are_clean(prepared32, tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"),
                                        "--model", "alexnet"])
     assert result.exit_code == 1 and "alexnet needs inputs of at least 64 px" in result.output
+
+
+def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_out_images(shared_data, prepared32,
+                                                                                            tmp_path):
+    import torch
+
+    from skinlesion.cache import CacheConfig
+    from skinlesion.models import create_model, load_model
+    from skinlesion.prepare import PrepareConfig, load_prepared, prepare
+    from skinlesion.splits import BALANCE_PRESETS, SplitConfig
+    from skinlesion.training import start_from
+
+    first = tmp_path / "first"
+    assert CliRunner().invoke(main, train_args(prepared32, first, "--epochs", 1, "--limit-train-batches", 3)).exit_code == 0
+
+    def prepared_with(split, name):
+        prepare(shared_data, tmp_path / name, PrepareConfig(balance=BALANCE_PRESETS["paper"], split=split,
+                                                            cache=CacheConfig(size=32)),
+                progress=False, cache_dir=prepared32 / "cache")
+        return tmp_path / name
+
+    same = prepared_with(SplitConfig(splits_from=str(prepared32)), "same")
+    network = create_model("mobilenet_v2", 6, pretrained=False, width=0.5, dropout=0.2)
+    start_from(network, first / "model.pt", "mobilenet_v2", load_prepared(same))
+    saved, _ = load_model(first / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), saved.state_dict().values()))
+    result = CliRunner().invoke(main, train_args(same, tmp_path / "second", "--epochs", 1, "--limit-train-batches", 2,
+                                                 "--init", first / "model.pt"))
+    assert result.exit_code == 0, result.output
+    # Another seed splits differently: the saved model trained on some of the new test images, so it may not start.
+    other = prepared_with(SplitConfig(seed=1), "other")
+    result = CliRunner().invoke(main, train_args(other, tmp_path / "third", "--init", first / "model.pt"))
+    assert result.exit_code == 1 and "was trained on" in result.output and "validation/test images" in result.output
+    result = CliRunner().invoke(main, train_args(same, tmp_path / "fourth", "--model", "resnet50",
+                                                 "--init", first / "model.pt"))
+    assert result.exit_code == 1 and "cannot start a resnet50" in result.output

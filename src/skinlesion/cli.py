@@ -45,8 +45,10 @@ def main():
 @click.option("--workers", default=0, show_default=True, help="Decoding processes (0 = one per CPU).")
 @click.option("--no-merge-near-duplicates", is_flag=True,
               help="Do not put near-identical images into the same group before splitting.")
+@click.option("--splits-from", type=click.Path(path_type=Path), default=None,
+              help="Reuse the split of this earlier prepared folder (e.g. the same data at another --size).")
 def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol, val_fraction, test_fraction,
-            seed, size, policy, workers, no_merge_near_duplicates):
+            seed, size, policy, workers, no_merge_near_duplicates, splits_from):
     """Read ISIC 2019, split by lesion, balance, and cache resized pixels."""
     from dataclasses import replace
 
@@ -62,7 +64,8 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
             balance = replace(balance, min_images=min_images)
         if cap is not None:
             balance = replace(balance, cap=cap or None)
-        split = SplitConfig(protocol, val_fraction, test_fraction, seed, not no_merge_near_duplicates)
+        split = SplitConfig(protocol, val_fraction, test_fraction, seed, not no_merge_near_duplicates,
+                            str(splits_from or ""))
         config = PrepareConfig(balance, split, CacheConfig(size, policy, workers))
         return run_prepare(data_dir, out_dir, config)
 
@@ -111,10 +114,12 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
 @click.option("--devices", default="auto", show_default=True, help="Devices per node; more than one uses DDP.")
 @click.option("--num-nodes", default=1, show_default=True)
 @click.option("--limit-train-batches", default=1.0, show_default=True, help="Fraction (or count) of batches.")
+@click.option("--init", "init_model", type=click.Path(path_type=Path), default=None,
+              help="Start from this model.pt (same model and classes, e.g. trained at a smaller size).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
           imbalance, no_pretrained, no_augment, patience, seed, accelerator, devices, num_nodes,
-          limit_train_batches, resume):
+          limit_train_batches, init_model, resume):
     """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
     from skinlesion.models import model_spec
     from skinlesion.training import TrainConfig, fit
@@ -124,7 +129,7 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
-                             num_nodes, limit)
+                             num_nodes, limit, str(init_model or ""))
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

@@ -10,7 +10,7 @@ import pandas as pd
 from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
 from skinlesion.classes import CODES
 from skinlesion.isic import read_isic
-from skinlesion.splits import BalanceConfig, SplitConfig, assign_splits, count_table
+from skinlesion.splits import UNUSED, BalanceConfig, SplitConfig, assign_splits, count_table
 
 MANIFEST = "splits.csv"
 PREPARED_JSON = "prepared.json"
@@ -57,6 +57,8 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     pairs = near_duplicate_pairs(cache.index, config.near_duplicate_bits)
     result = assign_splits(images, config.balance, config.split, pairs)
     table = result.table
+    if config.split.splits_from:
+        table["split"] = reused_splits(table, Path(config.split.splits_from), result.classes)
     table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(out_dir / MANIFEST, index=False)
     pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
     cross = cross_split_pairs(table, pairs)
@@ -82,6 +84,29 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     }
     (out_dir / PREPARED_JSON).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def reused_splits(table: pd.DataFrame, earlier_dir: Path, classes) -> pd.Series:
+    """Each image's split as an earlier prepare wrote it, so two input sizes share one test set.
+
+    The split hangs on near-duplicate hashes of the cached pixels, so preparing at another size can move a
+    pair across the threshold and reshuffle the groups; reusing the manifest rules that out.
+    """
+    manifest = earlier_dir / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no manifest to take the split from; pass a folder written by "
+                                f"'skinlesion prepare'")
+    earlier = pd.read_csv(manifest, keep_default_na=False).set_index("image")["split"]
+    split = table["image"].map(earlier)
+    missing = table.loc[split.isna(), "image"]
+    if len(missing):
+        raise ValueError(f"{manifest} has no split for {len(missing)} of these images (e.g. {missing.iloc[0]}); "
+                         f"prepare both from the same data")
+    stray = table.loc[(split != UNUSED) & ~table["label"].isin(classes), "label"]
+    if len(stray):
+        raise ValueError(f"{manifest} uses class {stray.iloc[0]}, which this preparation leaves out; "
+                         f"keep the same classes")
+    return split
 
 
 def cross_split_pairs(table: pd.DataFrame, pairs) -> pd.DataFrame:

@@ -38,6 +38,7 @@ class SplitConfig:
     test_fraction: float = 0.15
     seed: int = 0
     merge_near_duplicates: bool = True  # near-identical images join one group, as lesion ids miss some
+    splits_from: str = ""  # an earlier prepared folder whose split to reuse (same test set at another input size)
 
 
 @dataclass

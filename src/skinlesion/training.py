@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
@@ -43,6 +44,7 @@ class TrainConfig:
     devices: str = "auto"  # e.g. "4" for four GPUs; more than one uses DDP
     num_nodes: int = 1
     limit_train_batches: float = 1.0  # fraction (or count, if > 1) of batches per epoch; for quick checks
+    init: str = ""  # a model.pt to start from (e.g. the same network trained at a smaller size)
 
     def __post_init__(self):
         if self.imbalance not in IMBALANCE:
@@ -182,6 +184,8 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
         raise ValueError(f"{config.model} needs inputs of at least {model_spec(config.model).min_size} px but "
                          f"{prepared_dir} holds {prepared.size} px; prepare with a larger --size")
     system = LesionSystem(asdict(config), list(prepared.classes), prepared.size, prepared.policy, data.loss_weights())
+    if config.init and not resume:
+        start_from(system.model, Path(config.init), config.model, prepared)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", monitor="val_bacc",
                                                       mode="max", save_last=True)
     stopper = L.pytorch.callbacks.EarlyStopping("val_bacc", mode="max", patience=config.patience)
@@ -207,6 +211,24 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
                extra={"val_bacc": float(checkpoints.best_model_score or 0.0), "epochs_trained": trainer.current_epoch,
                       "train_config": asdict(config), "prepared": str(prepared_dir)})
     return out
+
+
+def start_from(model, init: Path, name: str, prepared) -> None:
+    """Copy a saved model's weights into the new network, refusing one whose training saw our val or test images."""
+    saved, meta = load_model(init)
+    if (meta["arch"], list(meta["classes"])) != (name, list(prepared.classes)):
+        raise ValueError(f"{init}: a {meta['arch']} over {', '.join(meta['classes'])} cannot start a {name} over "
+                         f"{', '.join(prepared.classes)}")
+    earlier = Path(meta.get("prepared", "")) / "splits.csv"
+    if not earlier.is_file():
+        raise ValueError(f"{init}: its training split ({earlier}) is gone, so it cannot be checked against ours")
+    trained_on = set(pd.read_csv(earlier).query("split == 'train'")["image"])
+    held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]["image"]
+    seen = held_out[held_out.isin(trained_on)]
+    if len(seen):
+        raise ValueError(f"{init} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
+                         f"prepare both data sets with the same split settings")
+    model.load_state_dict(saved.state_dict())
 
 
 @torch.inference_mode()
