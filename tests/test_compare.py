@@ -10,6 +10,8 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     assert list(zip(results["protocol"], results["size"])) == [("lesion", 64), ("paper", 64), ("lesion", 80)]
     assert results["test_bacc"].between(0, 1).all() and (results["params_m"] > 1).all()
     assert (results["cpu_latency_ms"] > 0).all()
+    splits = [pd.read_csv(tmp_path / "cmp" / "prepared" / f"lesion-{s}" / "splits.csv")["split"] for s in (64, 80)]
+    assert splits[0].equals(splits[1])  # every size is scored on the same test images
     report = write_comparison_report(tmp_path / "cmp", tmp_path / "docs" / "comparison.md", "skinlesion compare ...")
     text = report.read_text()
     assert "Research tool, not a diagnosis" in text and "| 1 | alexnet |" in text

@@ -4,7 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from skinlesion.evaluate import (balanced_accuracy, confusion_matrix, expected_calibration_error, fit_temperature,
+from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix, expected_calibration_error, fit_temperature,
                                  per_class_table, roc_auc, softmax, write_submission, write_truth)
 
 
@@ -17,6 +17,17 @@ def test_balanced_accuracy_by_hand():
     probs = np.eye(3)[y_pred]
     table = per_class_table(y_true, probs, ["A", "B", "C"])
     assert table.loc["A", "precision"] == pytest.approx(3 / 4) and table.loc["B", "f1"] == pytest.approx(0.5)
+
+
+def test_balanced_accuracy_interval_widens_with_fewer_images():
+    rng = np.random.default_rng(1)
+    y_true = np.repeat([0, 1], [1000, 20])
+    y_pred = np.where(rng.random(len(y_true)) < 0.7, y_true, 1 - y_true)
+    score = balanced_accuracy(y_true, y_pred, 2)
+    low, high = balanced_accuracy_interval(y_true, y_pred, 2)
+    assert low < score < high and 0.1 < high - low < 0.3  # the 20-image class dominates the uncertainty
+    big_low, big_high = balanced_accuracy_interval(np.repeat([0, 1], 1000), np.repeat([0, 1], 1000), 2)
+    assert (big_low, big_high) == (1.0, 1.0)
 
 
 def test_auc_and_ece_by_hand():

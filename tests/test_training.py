@@ -109,6 +109,11 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
     result = CliRunner().invoke(main, train_args(same, tmp_path / "second", "--epochs", 1, "--limit-train-batches", 2,
                                                  "--init", first / "model.pt"))
     assert result.exit_code == 0, result.output
+    card = tmp_path / "CARD.md"
+    exported = CliRunner().invoke(main, ["export", str(tmp_path / "second"), "--out", str(tmp_path / "m.onnx"),
+                                         "--card", str(card)])
+    assert exported.exit_code == 0, exported.output
+    assert f"Started from `{first / 'model.pt'}` (32 px, 1 epochs" in card.read_text()  # the whole recipe
     # Another seed splits differently: the saved model trained on some of the new test images, so it may not start.
     other = prepared_with(SplitConfig(seed=1), "other")
     result = CliRunner().invoke(main, train_args(other, tmp_path / "third", "--init", first / "model.pt"))

@@ -152,7 +152,9 @@ def evaluate(model_path, prepared_dir, split, out_dir):
 
 
 def echo_metrics(metrics: dict) -> None:
-    click.echo(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}  (mean per-class recall, the ISIC metric)")
+    low, high = metrics["balanced_accuracy_ci95"]
+    click.echo(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}  (mean per-class recall, the ISIC metric; "
+               f"95% interval {low:.3f}-{high:.3f})")
     click.echo("recall per class: " + "  ".join(
         f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in metrics["recall"].items()))
     click.echo(f"accuracy: {metrics['accuracy']:.4f}   macro AUC: {metrics['macro_auc']:.4f}   "

@@ -35,9 +35,11 @@ def prepared_dir(out: Path, protocol: str, size: int) -> Path:
 def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, config: CompareConfig) -> dict:
     """Prepare (cached), train (resumable) and score one model; return its row of the results table."""
     data = prepared_dir(out, protocol, size)
+    base = prepared_dir(out, protocol, config.size)
     if not (data / "prepared.json").exists():
-        prepare(data_dir, data, PrepareConfig(balance=BALANCE_PRESETS["paper"],
-                                              split=SplitConfig(protocol=protocol, seed=config.seed),
+        # Other sizes reuse the base size's split, so every size is scored on the same test images.
+        split = SplitConfig(protocol=protocol, seed=config.seed, splits_from=str(base) if data != base else "")
+        prepare(data_dir, data, PrepareConfig(balance=BALANCE_PRESETS["paper"], split=split,
                                               cache=CacheConfig(size=size)), progress=False,
                 cache_dir=out / "cache")  # one pixel cache per size, shared by both protocols
     run = out / "runs" / f"{protocol}-{model}-{size}"

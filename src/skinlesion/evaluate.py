@@ -29,6 +29,24 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
     return float((np.diag(matrix)[present] / support[present]).mean()) if present.any() else 0.0
 
 
+def balanced_accuracy_interval(y_true: np.ndarray, y_pred: np.ndarray, k: int, rounds: int = 10_000,
+                               seed: int = 0) -> tuple[float, float]:
+    """95% interval of balanced accuracy by a bootstrap that resamples images within each class.
+
+    Resampling n images of a class with recall p gives Binomial(n, p) / n, so rare classes (20-30 test images)
+    widen the interval as much as they should.
+    """
+    matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), k)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return 0.0, 0.0
+    n, hits = support[present], np.diag(matrix)[present]
+    recalls = np.random.default_rng(seed).binomial(n, hits / n, size=(rounds, len(n))) / n
+    low, high = np.percentile(recalls.mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """One-vs-rest ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; nan if one-sided."""
     n_pos, n_neg = positive.sum(), (~positive).sum()
@@ -95,6 +113,7 @@ def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
     y_pred = probs.argmax(axis=1)
     return {
         "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(classes)),
+        "balanced_accuracy_ci95": balanced_accuracy_interval(y_true, y_pred, len(classes)),
         "accuracy": float((y_pred == y_true).mean()),
         "macro_auc": float(np.nanmean(table["auc"])),
         "ece": expected_calibration_error(probs, y_true),

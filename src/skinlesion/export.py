@@ -49,6 +49,11 @@ def export_onnx(model: Classifier, meta: dict, model_path: Path, out: Path, samp
     card.update({"input": "pixels: float32 (batch, size, size, 3) RGB in 0..255, resized by 'policy'",
                  "skinlesion_version": __version__, "exported": date.today().isoformat(),
                  **{k: meta[k] for k in ("val_bacc", "epochs_trained", "train_config") if k in meta}})
+    init = meta.get("train_config", {}).get("init")
+    if init:  # the earlier stage this model started from, so the card tells the whole recipe
+        earlier = torch.load(init, map_location="cpu", weights_only=False) if Path(init).is_file() else {}
+        card["started_from"] = {"model": init, **{k: earlier[k] for k in ("size", "val_bacc", "epochs_trained",
+                                                                          "train_config") if k in earlier}}
     # Reports that `skinlesion evaluate` left in the run folder travel with the model.
     reports = {split: Path(model_path).parent / f"eval-{split}" / "metrics.json" for split in ("val", "test")}
     card["metrics"] = {split: json.loads(path.read_text()) for split, path in reports.items() if path.exists()}
@@ -102,13 +107,22 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
              f"the model (mean {card['mean']}, std {card['std']})",
              f"- Calibration: temperature {card['temperature']:.3f}, fitted on the validation split only",
              f"- Training recipe: `{json.dumps(card.get('train_config', {}))}`",
-             f"- Epochs trained: {card.get('epochs_trained', '?')}", ""]
+             f"- Epochs trained: {card.get('epochs_trained', '?')}"]
+    if "started_from" in card:
+        earlier = card["started_from"]
+        lines.append(f"- Started from `{earlier['model']}` ({earlier.get('size', '?')} px, "
+                     f"{earlier.get('epochs_trained', '?')} epochs, validation balanced accuracy "
+                     f"{earlier.get('val_bacc', float('nan')):.3f}), trained with "
+                     f"`{json.dumps(earlier.get('train_config', {}))}`")
+    lines.append("")
     for split in ("val", "test"):
         m = card.get("metrics", {}).get(split)
         if not m:
             continue
+        low, high = m["balanced_accuracy_ci95"]
         lines += [f"## {'Validation' if split == 'val' else 'Test'} split ({m['images']} images, lesion-grouped)", "",
-                  f"Balanced accuracy **{m['balanced_accuracy']:.3f}** (mean per-class recall, the ISIC metric); "
+                  f"Balanced accuracy **{m['balanced_accuracy']:.3f}** (mean per-class recall, the ISIC metric; "
+                  f"95% interval {low:.3f}-{high:.3f} by a bootstrap within classes); "
                   f"accuracy {m['accuracy']:.3f}; macro AUC {m['macro_auc']:.3f}; expected calibration error "
                   f"{m['ece']:.3f} (before temperature scaling {m.get('ece_uncalibrated', float('nan')):.3f}).", "",
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
