@@ -124,7 +124,8 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
         "",
         "## Ranking (lesion-grouped protocol: trustworthy)",
         "",
-        "Ranked by validation balanced accuracy; test numbers are reported once, never used for selection.",
+        "Ranked by validation balanced accuracy; test numbers are reported once, never used for selection. "
+        "CPU ms/img is the best of 20 single-image PyTorch passes on this machine.",
         "",
         "| rank | model | val bacc | test bacc | " + " | ".join(c.removeprefix("recall_") for c in recalls)
         + " | test acc | macro AUC | ECE | params (M) | file (MB) | CPU ms/img |",
