@@ -219,7 +219,7 @@ def start_from(model, init: Path, name: str, prepared) -> None:
     if (meta["arch"], list(meta["classes"])) != (name, list(prepared.classes)):
         raise ValueError(f"{init}: a {meta['arch']} over {', '.join(meta['classes'])} cannot start a {name} over "
                          f"{', '.join(prepared.classes)}")
-    earlier = Path(meta.get("prepared", "")) / "splits.csv"
+    earlier = Path(meta.get("prepared") or "(not recorded)") / "splits.csv"
     if not earlier.is_file():
         raise ValueError(f"{init}: its training split ({earlier}) is gone, so it cannot be checked against ours")
     trained_on = set(pd.read_csv(earlier).query("split == 'train'")["image"])
@@ -227,7 +227,7 @@ def start_from(model, init: Path, name: str, prepared) -> None:
     seen = held_out[held_out.isin(trained_on)]
     if len(seen):
         raise ValueError(f"{init} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
-                         f"prepare both data sets with the same split settings")
+                         f"prepare ours with --splits-from {earlier.parent}")
     model.load_state_dict(saved.state_dict())
 
 
