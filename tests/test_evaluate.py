@@ -4,8 +4,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix, expected_calibration_error, fit_temperature,
-                                 per_class_table, roc_auc, softmax, write_submission, write_truth)
+from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix,
+                                 expected_calibration_error, fit_temperature, per_class_table, roc_auc, softmax,
+                                 write_submission, write_truth)
 
 
 def test_balanced_accuracy_by_hand():

@@ -84,7 +84,7 @@ def leakage_effect(prepared: Path, eval_dir: Path) -> dict:
     predictions = pd.read_csv(Path(eval_dir) / "predictions.csv", index_col="image").loc[truth.index, truth.columns]
     table = pd.DataFrame({"label": truth.idxmax(axis=1),
                           "correct": predictions.to_numpy().argmax(1) == truth.to_numpy().argmax(1),
-                          "leaked": leaked.reindex(truth.index).fillna(False).astype(bool)})
+                          "leaked": leaked.reindex(truth.index, fill_value=False)})
     recall = table.groupby(["label", "leaked"])["correct"].mean().unstack().reindex(columns=[False, True]).dropna()
     clean, leaky = recall[False].mean(), recall[True].mean()
     return {"test_leaked_share": float(table["leaked"].mean()), "test_recall_leaked": float(leaky),

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
@@ -219,15 +218,14 @@ def start_from(model, init: Path, name: str, prepared) -> None:
     if (meta["arch"], list(meta["classes"])) != (name, list(prepared.classes)):
         raise ValueError(f"{init}: a {meta['arch']} over {', '.join(meta['classes'])} cannot start a {name} over "
                          f"{', '.join(prepared.classes)}")
-    earlier = Path(meta.get("prepared") or "(not recorded)") / "splits.csv"
-    if not earlier.is_file():
-        raise ValueError(f"{init}: its training split ({earlier}) is gone, so it cannot be checked against ours")
-    trained_on = set(pd.read_csv(earlier).query("split == 'train'")["image"])
+    if not meta.get("prepared"):
+        raise ValueError(f"{init}: it does not record its training data, so it cannot be checked against ours")
+    earlier = load_prepared(meta["prepared"])
     held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]["image"]
-    seen = held_out[held_out.isin(trained_on)]
+    seen = held_out[held_out.isin(earlier.split("train")["image"])]
     if len(seen):
         raise ValueError(f"{init} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
-                         f"prepare ours with --splits-from {earlier.parent}")
+                         f"prepare ours with --splits-from {earlier.out_dir}")
     model.load_state_dict(saved.state_dict())
 
 
