@@ -61,7 +61,7 @@ def tiny_onnx(prepared32, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("tiny_run")
     fit(prepared32, run, TrainConfig(width=0.5, epochs=2, batch_size=32, lr=5e-3, limit_train_batches=20),
         progress=False)
-    export_with_checks(run, run / "model.onnx", None, int8=False)
+    export_with_checks(run, run / "model.onnx", None, fp16=False)
     return run / "model.onnx"
 
 

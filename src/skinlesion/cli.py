@@ -162,26 +162,41 @@ def echo_metrics(metrics: dict) -> None:
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the model.pt.")
+@click.option("--data", "prepared_dir", type=click.Path(path_type=Path), default=None,
+              help="Prepared data whose validation split calibrates it (default: the first run's).")
+def ensemble(runs, out_dir, prepared_dir):
+    """Average several runs' calibrated probabilities into one model; evaluate and export it like a run."""
+    from skinlesion.ensemble import build_ensemble
+
+    out, scores = fail_cleanly(lambda: build_ensemble(list(runs), out_dir, prepared_dir))
+    members = "  ".join(f"{score:.4f}" for score in scores["members_val_bacc"])
+    click.echo(f"validation balanced accuracy: ensemble {scores['val_bacc']:.4f}; members {members}")
+    click.echo(f"model written to {out}")
+
+
+@main.command()
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
 @click.option("--data", "prepared_dir", type=click.Path(path_type=Path), default=None,
               help="Prepared data for the parity check (default: the one the model was trained on).")
-@click.option("--int8", is_flag=True, help="Also write an int8-quantised copy and report its accuracy cost.")
+@click.option("--fp16", is_flag=True, help="Store the weights as float16 (half the file) and score the file on "
+              "the validation split against PyTorch.")
 @click.option("--card", "card_path", type=click.Path(path_type=Path), default=None,
               help="Also write a markdown model card rendered from the model's metadata.")
-def export(model_path, out, prepared_dir, int8, card_path):
+def export(model_path, out, prepared_dir, fp16, card_path):
     """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
     from skinlesion.export import export_with_checks, write_model_card
 
-    report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, int8))
+    report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16))
     click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
                f"{report['parity_images']} real images: max |logit difference| {report['parity_max_abs_diff']:.2e}")
-    if "int8" in report:
-        q = report["int8"]
-        click.echo(f"int8 copy {q['path']} ({q['bytes'] / 1e6:.1f} MB): validation balanced accuracy "
-                   f"{q['balanced_accuracy_int8']:.4f} vs {q['balanced_accuracy_fp32']:.4f} in fp32 "
-                   f"(cost {q['balanced_accuracy_fp32'] - q['balanced_accuracy_int8']:+.4f}); "
-                   f"same top class for {q['agreement']:.1%} of images")
+    if "validation" in report:
+        v = report["validation"]
+        click.echo(f"float16 weights: validation balanced accuracy {v['balanced_accuracy_onnx']:.4f} vs "
+                   f"{v['balanced_accuracy_pytorch']:.4f} in PyTorch; same top class for {v['agreement']:.1%} "
+                   f"of {v['images']} images")
     if card_path:
         click.echo(f"model card: {write_model_card(out, card_path)}")
 

@@ -1,7 +1,6 @@
 """ONNX export with the model's metadata embedded and a parity check against PyTorch."""
 
 import json
-import logging
 from datetime import date
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from skinlesion import __version__
 from skinlesion.evaluate import balanced_accuracy, resolve_model
-from skinlesion.models import Classifier, load_model
+from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.prepare import Prepared, load_prepared
 
 METADATA_KEY = "skinlesion"
@@ -30,7 +29,19 @@ class ExportWrapper(nn.Module):
         return probabilities, logits, self.model.class_maps(features)  # (B, K), (B, K), (B, K, h, w)
 
 
-def export_onnx(model: Classifier, meta: dict, model_path: Path, out: Path, sample_pixels: np.ndarray) -> dict:
+def recipe(meta: dict) -> dict:
+    """Return how a saved model was trained: score, epochs, settings and the earlier stage it started from."""
+    entry = {k: meta[k] for k in ("val_bacc", "epochs_trained", "train_config") if k in meta}
+    init = meta.get("train_config", {}).get("init")
+    if init:
+        earlier = torch.load(init, map_location="cpu", weights_only=False) if Path(init).is_file() else {}
+        entry["started_from"] = {"model": init, **{k: earlier[k] for k in ("size", "val_bacc", "epochs_trained",
+                                                                           "train_config") if k in earlier}}
+    return entry
+
+
+def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out: Path, sample_pixels: np.ndarray,
+                fp16: bool = False) -> dict:
     """Write model.onnx with metadata; check it against PyTorch on real pixels; return the report."""
     import onnx
     import onnxruntime as ort
@@ -48,44 +59,52 @@ def export_onnx(model: Classifier, meta: dict, model_path: Path, out: Path, samp
     card = {k: meta[k] for k in ("arch", "classes", "size", "policy", "mean", "std", "temperature")}
     card.update({"input": "pixels: float32 (batch, size, size, 3) RGB in 0..255, resized by 'policy'",
                  "skinlesion_version": __version__, "exported": date.today().isoformat(),
-                 **{k: meta[k] for k in ("val_bacc", "epochs_trained", "train_config") if k in meta}})
-    init = meta.get("train_config", {}).get("init")
-    if init:  # the earlier stage this model started from, so the card tells the whole recipe
-        earlier = torch.load(init, map_location="cpu", weights_only=False) if Path(init).is_file() else {}
-        card["started_from"] = {"model": init, **{k: earlier[k] for k in ("size", "val_bacc", "epochs_trained",
-                                                                          "train_config") if k in earlier}}
+                 "weights": "float16" if fp16 else "float32", **recipe(meta)})
+    if "members" in meta:  # an ensemble: each member's own recipe
+        card["members"] = [{"model": m["source"], "temperature": m["temperature"], **recipe(m)}
+                           for m in meta["members"]]
     # Reports that `skinlesion evaluate` left in the run folder travel with the model.
     reports = {split: Path(model_path).parent / f"eval-{split}" / "metrics.json" for split in ("val", "test")}
     card["metrics"] = {split: json.loads(path.read_text()) for split, path in reports.items() if path.exists()}
     onnx_model = onnx.load(out)
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(card)
+    if fp16:
+        halve_weights(onnx_model)
     onnx.save(onnx_model, out)
     # Parity: the exported graph must give what PyTorch gives on real images.
     with torch.inference_mode():
         expected = wrapper(torch.from_numpy(sample_pixels.astype(np.float32)))[1].numpy()
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"pixels": sample_pixels.astype(np.float32)})[0]
-    difference = float(np.abs(got - expected).max())
-    if difference > 1e-3:
-        raise ValueError(f"{out}: ONNX logits differ from PyTorch by {difference:.2e} (limit 1e-3)")
+    difference, limit = float(np.abs(got - expected).max()), 5e-2 if fp16 else 1e-3
+    if difference > limit:
+        raise ValueError(f"{out}: ONNX logits differ from PyTorch by {difference:.2e} (limit {limit:.0e})")
     return {"onnx": str(out), "bytes": out.stat().st_size, "parity_max_abs_diff": difference,
             "parity_images": int(len(sample_pixels)), **card}
 
 
-def quantize_int8(onnx_path: Path, out: Path) -> Path:
-    """Write a dynamically int8-quantised copy (weights int8, activations quantised at run time)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def halve_weights(onnx_model) -> None:
+    """Store large float32 weights as float16, cast back at load: half the file, float32 arithmetic.
 
-    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
-    # quantize_dynamic keeps the graph but not always the metadata: copy it over.
-    source, target = onnx.load(onnx_path), onnx.load(out)
-    if not any(p.key == METADATA_KEY for p in target.metadata_props):
-        for prop in source.metadata_props:
-            target.metadata_props.add().CopyFrom(prop)
-        onnx.save(target, out)
-    return Path(out)
+    onnxruntime folds the casts into constants when it opens the file, so speed is unchanged. (Dynamic int8
+    quantisation cut the bundled model's validation balanced accuracy from 0.633 to 0.362; static per-channel
+    int8 to 0.601; float16 storage left every validation prediction unchanged.)
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onnx_model.graph
+    casts = []
+    for tensor in list(graph.initializer):
+        weights = numpy_helper.to_array(tensor)
+        if weights.dtype != np.float32 or weights.size < 1024:  # small tensors (biases, scales) stay float32
+            continue
+        graph.initializer.remove(tensor)
+        graph.initializer.append(numpy_helper.from_array(weights.astype(np.float16), tensor.name + "_fp16"))
+        casts.append(helper.make_node("Cast", [tensor.name + "_fp16"], [tensor.name], to=TensorProto.FLOAT))
+    nodes = casts + list(graph.node)  # casts first keeps the graph topologically sorted
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def read_card(onnx_path: Path) -> dict:
@@ -95,25 +114,42 @@ def read_card(onnx_path: Path) -> dict:
     return json.loads(props[METADATA_KEY])
 
 
-def write_model_card(onnx_path: Path, out: Path) -> Path:
-    """Render MODEL_CARD.md from the model's own metadata, so card and model cannot disagree."""
-    card = read_card(onnx_path)
-    lines = [f"# Model card: {card['arch']} ({card['size']}x{card['size']} px)", "",
-             "> **Research tool, not a diagnosis.** Not a medical device; its output must not replace a dermatologist.",
-             "", f"- File: `{Path(onnx_path).name}` ({Path(onnx_path).stat().st_size / 1e6:.1f} MB), exported "
-             f"{card.get('exported', '?')} by skinlesion {card['skinlesion_version']}",
-             f"- Classes (in output order): {', '.join(card['classes'])}",
-             f"- Input: {card['size']}x{card['size']} px RGB, resize policy '{card['policy']}', normalised inside "
-             f"the model (mean {card['mean']}, std {card['std']})",
-             f"- Calibration: temperature {card['temperature']:.3f}, fitted on the validation split only",
-             f"- Training recipe: `{json.dumps(card.get('train_config', {}))}`",
-             f"- Epochs trained: {card.get('epochs_trained', '?')}"]
-    if "started_from" in card:
-        earlier = card["started_from"]
+def recipe_lines(entry: dict) -> list[str]:
+    """Render recipe(meta) as markdown list items."""
+    lines = [f"- Training recipe: `{json.dumps(entry.get('train_config', {}))}`",
+             f"- Epochs trained: {entry.get('epochs_trained', '?')}, validation balanced accuracy "
+             f"{entry.get('val_bacc', float('nan')):.3f}"]
+    if "started_from" in entry:
+        earlier = entry["started_from"]
         lines.append(f"- Started from `{earlier['model']}` ({earlier.get('size', '?')} px, "
                      f"{earlier.get('epochs_trained', '?')} epochs, validation balanced accuracy "
                      f"{earlier.get('val_bacc', float('nan')):.3f}), trained with "
                      f"`{json.dumps(earlier.get('train_config', {}))}`")
+    return lines
+
+
+def write_model_card(onnx_path: Path, out: Path) -> Path:
+    """Render MODEL_CARD.md from the model's own metadata, so card and model cannot disagree."""
+    card = read_card(onnx_path)
+    members = card.get("members", [])
+    title = f"ensemble of {len(members)} {card['arch']}" if members else card["arch"]
+    lines = [f"# Model card: {title} ({card['size']}x{card['size']} px)", "",
+             "> **Research tool, not a diagnosis.** Not a medical device; its output must not replace a dermatologist.",
+             "", f"- File: `{Path(onnx_path).name}` ({Path(onnx_path).stat().st_size / 1e6:.1f} MB, "
+             f"{card.get('weights', 'float32')} weights, float32 arithmetic), exported "
+             f"{card.get('exported', '?')} by skinlesion {card['skinlesion_version']}",
+             f"- Classes (in output order): {', '.join(card['classes'])}",
+             f"- Input: {card['size']}x{card['size']} px RGB, resize policy '{card['policy']}', normalised inside "
+             f"the model (mean {card['mean']}, std {card['std']})",
+             f"- Calibration: temperature {card['temperature']:.3f}, fitted on the validation split only"]
+    if members:
+        lines.append(f"- {len(members)} networks, each calibrated by its own temperature; their probabilities are "
+                     f"averaged and the average calibrated once more. Validation balanced accuracy of the ensemble "
+                     f"{card['val_bacc']:.3f}. The members:")
+        for member in members:
+            lines += [f"  - `{member['model']}`:"] + [f"    {line}" for line in recipe_lines(member)]
+    else:
+        lines += recipe_lines(card)
     lines.append("")
     for split in ("val", "test"):
         m = card.get("metrics", {}).get(split)
@@ -132,42 +168,39 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
               "MSK, only 14 BCN_20000 images), downsized to at most 256 px. Licence CC BY-NC: non-commercial use only.",
               "- Rare classes are thin: AK 130, DF 115, VASC 142, SCC 197 images in the whole sample, so their "
               "recalls rest on about 20-30 test images each and are uncertain by roughly +-10 points.",
-              "- Split by lesion (no lesion in two of train/val/test); selected on validation balanced accuracy; "
-              "the test split was used once, for the numbers above.",
+              "- Split by lesion (no lesion in two of train/val/test); every choice (epochs, recipe, ensemble members) "
+              "and the calibration were made on the validation split; the test split was never used for them.",
               "- Dermoscopic photos only. Clinical (non-dermoscopic) photos, other body sites, skin types and cameras "
               "under-represented in ISIC will do worse. It is not a diagnostic device.", ""]
     Path(out).write_text("\n".join(lines))
     return Path(out)
 
 
-def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, int8: bool) -> dict:
-    """Export with parity checked on validation images; optionally quantise and report the accuracy cost."""
+def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, fp16: bool) -> dict:
+    """Export with parity checked on validation images; with fp16, also score the file on all of validation."""
     model_file = resolve_model(model_path)
     model, meta = load_model(model_file)
     prepared = load_prepared(prepared_dir or Path(meta.get("prepared", "")))
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
-    report = export_onnx(model, meta, model_file, Path(out), sample)
-    if int8:
-        logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on every call
-        quantised = quantize_int8(Path(out), Path(out).with_name(Path(out).stem + "-int8.onnx"))
-        report["int8"] = compare_models(Path(out), quantised, prepared)
+    report = export_onnx(model, meta, model_file, Path(out), sample, fp16)
+    if fp16:
+        report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
     return report
 
 
-def compare_models(fp32: Path, int8: Path, prepared: Prepared) -> dict:
-    """Score two exported models on the validation split; return balanced accuracy of both."""
+def compare_with_pytorch(onnx_path: Path, model_file: Path, prepared: Prepared) -> dict:
+    """Score the exported file and the PyTorch model on the validation split; return both and their agreement."""
     from skinlesion.predict import Predictor
+    from skinlesion.training import model_logits
 
     rows = prepared.split("val")
     pixels = prepared.pixels[rows["cache_row"].to_numpy()]
-    result = {"path": str(int8), "bytes": int8.stat().st_size}
-    tops = {}
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        predictor = Predictor(path)
-        probs = np.concatenate([predictor.run(pixels[i:i + 256])[0] for i in range(0, len(pixels), 256)])
-        y = rows["label"].map({c: i for i, c in enumerate(predictor.classes)}).to_numpy()
-        tops[name] = probs.argmax(1)
-        result[f"balanced_accuracy_{name}"] = balanced_accuracy(y, tops[name], len(predictor.classes))
-    result["agreement"] = float((tops["fp32"] == tops["int8"]).mean())
-    return result
+    predictor = Predictor(onnx_path)
+    exported = np.concatenate([predictor.run(pixels[i:i + 256])[0] for i in range(0, len(pixels), 256)]).argmax(1)
+    original = model_logits(model_file, pixels)[0].argmax(1)
+    y = rows["label"].map({c: i for i, c in enumerate(predictor.classes)}).to_numpy()
+    k = len(predictor.classes)
+    return {"balanced_accuracy_onnx": balanced_accuracy(y, exported, k),
+            "balanced_accuracy_pytorch": balanced_accuracy(y, original, k),
+            "agreement": float((exported == original).mean()), "images": int(len(y))}

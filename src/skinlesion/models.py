@@ -100,7 +100,31 @@ def create_model(name: str, num_classes: int, pretrained: bool = True, width: fl
     return Classifier(trunk, channels, num_classes, spec.mean, spec.std, dropout)
 
 
+class Ensemble(nn.Module):
+    """Several classifiers over the same classes and input; their calibrated probabilities are averaged."""
+
+    def __init__(self, members: list[Classifier], temperatures: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("temperatures", torch.tensor(temperatures).view(-1, 1, 1))
+
+    def forward_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (log of the mean calibrated probability (B, K), every member's feature map (B, M, C, h, w))."""
+        outputs = [member.forward_features(pixels) for member in self.members]
+        logits = torch.stack([logits for logits, _ in outputs]) / self.temperatures  # (M, B, K)
+        mean_probability = torch.softmax(logits, dim=2).mean(dim=0)
+        return torch.log(mean_probability.clamp_min(1e-12)), torch.stack([f for _, f in outputs], dim=1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(pixels)[0]
+
+    def class_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the members' class activation maps (B, K, h, w), averaged."""
+        return torch.stack([m.class_maps(features[:, i]) for i, m in enumerate(self.members)]).mean(dim=0)
+
+
 MODEL_FORMAT = "skinlesion-model-1"
+ENSEMBLE_FORMAT = "skinlesion-ensemble-1"
 
 
 def save_model(model: Classifier, path, *, name: str, classes, size: int, policy: str, width: float,
@@ -115,12 +139,33 @@ def save_model(model: Classifier, path, *, name: str, classes, size: int, policy
     }, path)
 
 
-def load_model(path) -> tuple[Classifier, dict]:
-    """Read a file written by save_model; return (model in eval mode, its metadata)."""
-    meta = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a skinlesion model file (expected one written by 'skinlesion train')")
+def save_ensemble(members: list[dict], path, *, temperature: float, extra: dict | None = None) -> None:
+    """Write an ensemble: each member's saved file contents (weights and metadata) plus its own calibration."""
+    first = members[0]
+    torch.save({
+        "format": ENSEMBLE_FORMAT, "arch": first["arch"], "members": members,
+        **{k: first[k] for k in ("classes", "size", "policy", "mean", "std")},
+        "temperature": float(temperature), **(extra or {}),
+    }, path)
+
+
+def build_classifier(meta: dict) -> Classifier:
     model = create_model(meta["arch"], len(meta["classes"]), pretrained=False, width=meta["width"],
                          dropout=meta["dropout"])
     model.load_state_dict(meta.pop("state_dict"))
+    return model
+
+
+def load_model(path) -> tuple[Classifier | Ensemble, dict]:
+    """Read a file written by save_model or save_ensemble; return (model in eval mode, its metadata)."""
+    meta = torch.load(path, map_location="cpu", weights_only=False)
+    formats = (MODEL_FORMAT, ENSEMBLE_FORMAT)
+    if not isinstance(meta, dict) or meta.get("format") not in formats:
+        raise ValueError(f"{path}: not a skinlesion model file (expected one written by 'skinlesion train' "
+                         f"or 'skinlesion ensemble')")
+    if meta["format"] == ENSEMBLE_FORMAT:
+        members = meta["members"]
+        model = Ensemble([build_classifier(m) for m in members], [m["temperature"] for m in members])
+    else:
+        model = build_classifier(meta)
     return model.eval().to(memory_format=torch.channels_last), meta

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from skinlesion.evaluate import balanced_accuracy, fit_temperature
-from skinlesion.models import create_model, load_model, model_spec, save_model
+from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, save_model
 from skinlesion.prepare import load_prepared
 from skinlesion.presets import EvalPreset, TrainPreset
 from skinlesion.splits import class_weights, sampler_weights
@@ -215,18 +215,25 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
 def start_from(model, init: Path, name: str, prepared) -> None:
     """Copy a saved model's weights into the new network, refusing one whose training saw our val or test images."""
     saved, meta = load_model(init)
+    if meta["format"] != MODEL_FORMAT:
+        raise ValueError(f"{init}: an ensemble cannot start a training run; pass one of its members")
     if (meta["arch"], list(meta["classes"])) != (name, list(prepared.classes)):
         raise ValueError(f"{init}: a {meta['arch']} over {', '.join(meta['classes'])} cannot start a {name} over "
                          f"{', '.join(prepared.classes)}")
+    check_held_out(init, meta, prepared)
+    model.load_state_dict(saved.state_dict())
+
+
+def check_held_out(path: Path, meta: dict, prepared) -> None:
+    """Refuse a saved model whose recorded training split holds any of our validation or test images."""
     if not meta.get("prepared"):
-        raise ValueError(f"{init}: it does not record its training data, so it cannot be checked against ours")
+        raise ValueError(f"{path}: it does not record its training data, so it cannot be checked against ours")
     earlier = load_prepared(meta["prepared"])
     held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]["image"]
     seen = held_out[held_out.isin(earlier.split("train")["image"])]
     if len(seen):
-        raise ValueError(f"{init} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
+        raise ValueError(f"{path} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
                          f"prepare ours with --splits-from {earlier.out_dir}")
-    model.load_state_dict(saved.state_dict())
 
 
 @torch.inference_mode()

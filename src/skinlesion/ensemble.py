@@ -1,0 +1,53 @@
+"""Ensembles: average the calibrated probabilities of several trained runs, then calibrate the average."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skinlesion.evaluate import balanced_accuracy, fit_temperature, resolve_model, softmax
+from skinlesion.models import MODEL_FORMAT, save_ensemble
+from skinlesion.prepare import load_prepared
+from skinlesion.training import check_held_out, model_logits
+
+
+def read_member(path: Path) -> dict:
+    """Return a saved model file's contents (weights and metadata), refusing anything but one trained network."""
+    meta = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a model file from 'skinlesion train' (ensembles cannot be nested)")
+    return {**meta, "source": str(path)}
+
+
+def build_ensemble(runs: list[Path], out_dir: Path, prepared_dir: Path | None = None) -> tuple[Path, dict]:
+    """Combine runs (same classes and input) into out_dir/model.pt; return it with validation scores."""
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    paths = [resolve_model(run) for run in runs]
+    members = [read_member(path) for path in paths]
+    first = members[0]
+    for path, member in zip(paths[1:], members[1:]):
+        for key in ("classes", "size", "policy"):
+            if member[key] != first[key]:
+                raise ValueError(f"{path}: {key} {member[key]} differs from {paths[0]}'s {first[key]}")
+    prepared = load_prepared(prepared_dir or Path(first.get("prepared", "")))
+    if (prepared.size, prepared.policy) != (first["size"], first["policy"]):
+        raise ValueError(f"{prepared.out_dir} holds {prepared.size}px '{prepared.policy}' images but the runs expect "
+                         f"{first['size']}px '{first['policy']}'")
+    for path, member in zip(paths, members):
+        check_held_out(path, member, prepared)  # no member may have trained on the images we calibrate and test on
+    val = prepared.split("val")
+    pixels = prepared.pixels[val["cache_row"].to_numpy()]
+    y_true = val["label"].map({c: i for i, c in enumerate(first["classes"])}).to_numpy()
+    k = len(first["classes"])
+    member_probs = [softmax(model_logits(path, pixels)[0], member["temperature"])
+                    for path, member in zip(paths, members)]
+    mean_log = np.log(np.clip(np.mean(member_probs, axis=0), 1e-12, None))  # what Ensemble.forward returns
+    scores = {"members_val_bacc": [balanced_accuracy(y_true, p.argmax(1), k) for p in member_probs],
+              "val_bacc": balanced_accuracy(y_true, mean_log.argmax(1), k)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "model.pt"
+    save_ensemble(members, out, temperature=fit_temperature(mean_log, y_true),
+                  extra={"val_bacc": scores["val_bacc"], "prepared": str(prepared.out_dir)})
+    return out, scores

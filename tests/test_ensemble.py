@@ -1,0 +1,74 @@
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from skinlesion.cli import main
+from skinlesion.evaluate import softmax
+from skinlesion.models import Ensemble, load_model
+from skinlesion.prepare import load_prepared
+from skinlesion.training import model_logits
+
+
+def train_tiny(prepared, run, seed):
+    args = ["train", "--data", str(prepared), "--out", str(run), "--model", "mobilenet_v2", "--width", "0.5",
+            "--batch-size", "32", "--epochs", "1", "--limit-train-batches", "5", "--seed", str(seed)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onnx, prepared32, tmp_path):
+    first, second = tiny_onnx.parent, train_tiny(prepared32, tmp_path / "second", seed=1)
+    result = CliRunner().invoke(main, ["ensemble", str(first), str(second), "--out", str(tmp_path / "both")])
+    assert result.exit_code == 0, result.output
+    assert "validation balanced accuracy: ensemble" in result.output
+    model, meta = load_model(tmp_path / "both" / "model.pt")
+    assert isinstance(model, Ensemble) and len(model.members) == 2 and meta["temperature"] > 0
+    pixels = load_prepared(prepared32).pixels[:16]
+    members = [softmax(model_logits(run / "model.pt", pixels)[0], load_model(run / "model.pt")[1]["temperature"])
+               for run in (first, second)]
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # two different networks
+    combined = np.exp(model_logits(tmp_path / "both" / "model.pt", pixels)[0])
+    assert np.allclose(combined, np.mean(members, axis=0), atol=1e-5)
+
+    evaluated = CliRunner().invoke(main, ["evaluate", str(tmp_path / "both"), "--data", str(prepared32),
+                                          "--split", "val"])
+    assert evaluated.exit_code == 0 and "balanced accuracy" in evaluated.output, evaluated.output
+    card = tmp_path / "CARD.md"
+    exported = CliRunner().invoke(main, ["export", str(tmp_path / "both"), "--out", str(tmp_path / "both.onnx"),
+                                         "--fp16", "--card", str(card)])
+    assert exported.exit_code == 0, exported.output
+    text = card.read_text()
+    assert "ensemble of 2 mobilenet_v2" in text and f"`{first / 'model.pt'}`" in text and "float16 weights" in text
+    assert "## Validation split" in text  # the ensemble's own evaluation travels with it
+
+    from skinlesion.predict import Predictor
+    probs, maps = Predictor(tmp_path / "both.onnx").run(np.asarray(pixels))
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and maps.shape[:2] == (16, 6)
+    with torch.inference_mode():
+        _, features = model.forward_features(torch.from_numpy(np.asarray(pixels)).permute(0, 3, 1, 2).float())
+        expected = model.class_maps(features).numpy()
+    assert np.allclose(maps, expected, atol=0.05)  # the members' maps, averaged
+
+
+def test_ensemble_errors_are_clean(tiny_onnx, prepared32, tmp_path):
+    first = tiny_onnx.parent
+
+    def ensemble(*runs):
+        return CliRunner().invoke(main, ["ensemble", *map(str, runs), "--out", str(tmp_path / "out")])
+
+    result = ensemble(first)
+    assert result.exit_code == 1 and "at least two runs" in result.output
+    result = ensemble(first, tmp_path / "missing")
+    assert result.exit_code == 1 and "model not found" in result.output
+    saved = torch.load(first / "model.pt", weights_only=False)
+    (tmp_path / "bigger").mkdir()
+    torch.save({**saved, "size": 64}, tmp_path / "bigger" / "model.pt")
+    result = ensemble(first, tmp_path / "bigger")
+    assert result.exit_code == 1 and "size 64 differs" in result.output
+    assert ensemble(first, first).exit_code == 0
+    result = ensemble(first, tmp_path / "out")
+    assert result.exit_code == 1 and "ensembles cannot be nested" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "next"),
+                                       "--init", str(tmp_path / "out" / "model.pt")])
+    assert result.exit_code == 1 and "an ensemble cannot start a training run" in result.output
