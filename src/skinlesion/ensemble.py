@@ -20,14 +20,14 @@ def read_member(path: Path) -> dict:
 
 
 def build_ensemble(runs: list[Path], out_dir: Path, prepared_dir: Path | None = None) -> tuple[Path, dict]:
-    """Combine runs (same classes and input) into out_dir/model.pt; return it with validation scores."""
+    """Combine runs (same network, classes and input) into out_dir/model.pt; return it with validation scores."""
     if len(runs) < 2:
         raise ValueError("an ensemble needs at least two runs")
     paths = [resolve_model(run) for run in runs]
     members = [read_member(path) for path in paths]
     first = members[0]
     for path, member in zip(paths[1:], members[1:]):
-        for key in ("classes", "size", "policy"):
+        for key in ("arch", "classes", "size", "policy"):
             if member[key] != first[key]:
                 raise ValueError(f"{path}: {key} {member[key]} differs from {paths[0]}'s {first[key]}")
     prepared = load_prepared(prepared_dir or Path(first.get("prepared", "")))
