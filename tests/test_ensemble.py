@@ -41,6 +41,7 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
     text = card.read_text()
     assert "ensemble of 2 mobilenet_v2" in text and f"`{first / 'model.pt'}`" in text and "float16 weights" in text
     assert "## Validation split" in text  # the ensemble's own evaluation travels with it
+    assert "This file, with float16 weights, scores validation balanced accuracy" in text
 
     from skinlesion.predict import Predictor
     probs, maps = Predictor(tmp_path / "both.onnx").run(np.asarray(pixels))

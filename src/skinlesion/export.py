@@ -128,6 +128,15 @@ def recipe_lines(entry: dict) -> list[str]:
     return lines
 
 
+def add_to_card(onnx_path: Path, key: str, value) -> None:
+    """Add one entry to the metadata embedded in an exported model."""
+    import onnx
+    onnx_model = onnx.load(str(onnx_path))
+    entry = next(p for p in onnx_model.metadata_props if p.key == METADATA_KEY)
+    entry.value = json.dumps({**json.loads(entry.value), key: value})
+    onnx.save(onnx_model, str(onnx_path))
+
+
 def write_model_card(onnx_path: Path, out: Path) -> Path:
     """Render MODEL_CARD.md from the model's own metadata, so card and model cannot disagree."""
     card = read_card(onnx_path)
@@ -150,6 +159,12 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
             lines += [f"  - `{member['model']}`:"] + [f"    {line}" for line in recipe_lines(member)]
     else:
         lines += recipe_lines(card)
+    if "float16_check" in card:
+        check = card["float16_check"]
+        lines.append(f"- The metrics below are PyTorch's. This file, with float16 weights, scores validation "
+                     f"balanced accuracy {check['balanced_accuracy_onnx']:.4f} (PyTorch "
+                     f"{check['balanced_accuracy_pytorch']:.4f}) and gives the same top class for "
+                     f"{check['agreement']:.1%} of {check['images']} images.")
     lines.append("")
     for split in ("val", "test"):
         m = card.get("metrics", {}).get(split)
@@ -186,6 +201,7 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     report = export_onnx(model, meta, model_file, Path(out), sample, fp16)
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
+        add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
     return report
 
 
