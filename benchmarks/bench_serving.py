@@ -99,9 +99,11 @@ def onnx_vs_torch(model_path: Path, repeats: int = 200) -> tuple[float, float]:
     from skinlesion.models import Ensemble, create_model
     predictor = Predictor(model_path, threads=2)
     pixels = np.asarray(Image.open(SHARED_IMAGE).convert("RGB").resize((predictor.size, predictor.size)))[None]
-    count = len(predictor.card.get("members", [])) or 1  # an ensemble runs every member
+    count = len(predictor.card.get("members", [])) or 1  # an ensemble runs every member on every view
+    views = predictor.card.get("views", 1)
     nets = [create_model(predictor.card["arch"], len(predictor.classes), pretrained=False) for _ in range(count)]
-    net = (Ensemble(nets, [1.0] * count) if count > 1 else nets[0]).eval().to(memory_format=torch.channels_last)
+    net = Ensemble(nets, [1.0] * count, views) if count > 1 or views > 1 else nets[0]
+    net = net.eval().to(memory_format=torch.channels_last)
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
 
     def median_ms(run):
@@ -133,7 +135,7 @@ def main():
     ort_ms, torch_ms = onnx_vs_torch(args.model)
     card = Predictor(args.model).card
     members = len(card.get("members", [])) or 1
-    print(f"model {args.model.name}: {members} x {card['arch']} at {card['size']}px; "
+    print(f"model {args.model.name}: {members} x {card['arch']} at {card['size']}px, {card.get('views', 1)} views; "
           f"600x450 JPEG of {len(jpeg) // 1024} kB")
     print(f"inference only, one image: onnxruntime {ort_ms:.2f} ms, PyTorch eager {torch_ms:.2f} ms, "
           f"speed-up {torch_ms / ort_ms:.1f}x")

@@ -38,8 +38,11 @@ for seed in $SEEDS; do
     members+=("$WORK/run192-seed$seed")
 done
 
-# Average the members' calibrated probabilities; calibrate the average on validation.
-skinlesion ensemble "${members[@]}" --out "$WORK/ensemble"
+# Average the members' calibrated probabilities over 4 views of each image (as is, mirrored either way, turned
+# 180 degrees); calibrate the average on validation for equally common classes. Views chosen on validation
+# (calibration fitted on one half, scored on the other, 10 halvings): 1, 2, 4, 8 views 0.712, 0.722, 0.733, 0.727.
+# That is 8 network passes an image when served.
+skinlesion ensemble "${members[@]}" --views 4 --out "$WORK/ensemble"
 # Scores that travel with the model: validation (used for selection and calibration) and test (used once).
 skinlesion evaluate "$WORK/ensemble" --data "$WORK/prepared192" --split val
 skinlesion evaluate "$WORK/ensemble" --data "$WORK/prepared192" --split test

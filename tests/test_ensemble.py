@@ -77,3 +77,25 @@ def test_ensemble_errors_are_clean(tiny_onnx, prepared32, tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "next"),
                                        "--init", str(tmp_path / "out" / "model.pt")])
     assert result.exit_code == 1 and "an ensemble cannot start a training run" in result.output
+
+
+def test_one_run_seen_in_eight_views_exports_and_answers_the_same_for_a_turned_photo(tiny_onnx, prepared32,
+                                                                                     tmp_path):
+    result = CliRunner().invoke(main, ["ensemble", str(tiny_onnx.parent), "--views", "8", "--out",
+                                       str(tmp_path / "views")])
+    assert result.exit_code == 0, result.output
+    model, meta = load_model(tmp_path / "views" / "model.pt")
+    assert meta["views"] == 8 and len(model.members) == 1 and len(meta["class_bias"]) == 6
+    exported = CliRunner().invoke(main, ["export", str(tmp_path / "views"), "--out", str(tmp_path / "v.onnx")])
+    assert exported.exit_code == 0, exported.output  # the parity check against PyTorch passed
+
+    from skinlesion.predict import Predictor
+    predictor = Predictor(tmp_path / "v.onnx")
+    pixels = np.asarray(load_prepared(prepared32).pixels[:8])
+    probs, maps = predictor.run(pixels)
+    turned_probs, turned_maps = predictor.run(np.ascontiguousarray(np.rot90(pixels, 1, axes=(1, 2))))
+    assert np.allclose(turned_probs, probs, atol=1e-4)
+    assert np.allclose(turned_maps, np.rot90(maps, 1, axes=(2, 3)), atol=1e-3)  # the heatmap turns with the photo
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(pixels).permute(0, 3, 1, 2).float()).numpy()
+    assert np.allclose(probs, softmax(logits / meta["temperature"] + np.array(meta["class_bias"])), atol=1e-4)

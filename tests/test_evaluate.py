@@ -4,9 +4,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix,
-                                 expected_calibration_error, fit_temperature, per_class_table, roc_auc, softmax,
-                                 write_submission, write_truth)
+from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, class_balanced_weights,
+                                 confusion_matrix, expected_calibration_error, fit_calibration, fit_temperature,
+                                 per_class_table, roc_auc, softmax, write_submission, write_truth)
 
 
 def test_balanced_accuracy_by_hand():
@@ -68,3 +68,23 @@ def test_submission_has_every_isic_column(tmp_path):
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0] == "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC"
     assert lines[1] == "a,0.75000000,0.25000000" + ",0.00000000" * 6
+
+
+def test_calibration_for_equal_classes_undoes_an_under_called_class():
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=6000, p=[0.8, 0.15, 0.05])
+    evidence = 2 * np.eye(3)[y] + rng.normal(size=(len(y), 3))  # the same evidence for every class
+    logits = evidence - np.array([0.0, 0.0, 2.0])  # a network that under-calls class 2 by 2 nats
+    temperature, class_bias = fit_calibration(logits, y)
+    fair = balanced_accuracy(y, evidence.argmax(1), 3)  # the decision for equally common classes
+    assert balanced_accuracy(y, logits.argmax(1), 3) < fair - 0.1
+    assert balanced_accuracy(y, (logits / temperature + class_bias).argmax(1), 3) == pytest.approx(fair, abs=0.01)
+    # The true log-likelihood of class k is 2 * evidence_k, so T = 0.5 and class 2 needs 2 nats / T back.
+    assert temperature == pytest.approx(0.5, abs=0.05) and class_bias[2] - class_bias[0] == pytest.approx(4, abs=0.4)
+    ece = expected_calibration_error(softmax(logits / temperature + class_bias), y,
+                                     weights=class_balanced_weights(y))
+    assert ece < 0.03  # honest for equally common classes
+
+    missing = y != 2  # a class absent from validation is never favoured
+    _, bias = fit_calibration(logits[missing], y[missing])
+    assert bias[2] == bias[:2].min()

@@ -19,8 +19,11 @@ def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, 
     assert "parity with PyTorch on 64 real images" in result.output
     difference = float(result.output.split("max |logit difference| ")[1].split()[0])
     assert 0 < difference < 5e-2  # float16 weights round, but barely
-    agreement = float(result.output.split("same top class for ")[1].split("%")[0])
-    assert agreement > 95
+    onnx_bacc, torch_bacc = (float(x) for x in
+                             result.output.split("validation balanced accuracy ")[1].split(" in PyTorch")[0].split(" vs "))
+    # The tiny network is near chance, so calibrated for equal classes its probabilities are near uniform and
+    # its top class a coin toss; what float16 must keep is the score.
+    assert abs(onnx_bacc - torch_bacc) < 0.02 and "same top class for" in result.output
     half = tmp_path / "m.onnx"
     assert half.stat().st_size < tiny_onnx.stat().st_size * 0.6
     assert json.loads({p.key: p.value for p in onnx.load(half).metadata_props}[METADATA_KEY])["weights"] == "float16"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from skinlesion.models import MODELS, create_model, load_model, save_model
+from skinlesion.models import MODELS, VIEWS, Ensemble, create_model, load_model, save_model, view
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -41,3 +41,24 @@ def test_load_model_rejects_other_files(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a skinlesion model file"):
         load_model(tmp_path / "other.pt")
+
+
+def test_eight_views_make_an_ensemble_blind_to_turns_and_mirrors():
+    torch.manual_seed(0)
+    members = [create_model("alexnet", num_classes=4).eval() for _ in range(2)]  # no batch norm: lively features
+    for member in members:  # an untrained head says nearly the same for every image; make it say more
+        torch.nn.init.normal_(member.fc.weight, std=10.0)
+    model = Ensemble(members, [1.0, 2.0], views=8).eval()
+    pixels = torch.rand(2, 3, 128, 128) * 255  # maps of 3x3: turns and mirrors are visible in them
+    with torch.inference_mode():
+        log_probs, features = model.forward_features(pixels)
+        maps = model.class_maps(features)
+        assert log_probs.exp().sum(1).allclose(torch.ones(2), atol=1e-5) and maps.shape == (2, 4, 3, 3)
+        for turns, mirror in VIEWS[1:]:
+            turned_log_probs, turned_features = model.forward_features(view(pixels, turns, mirror))
+            assert torch.allclose(turned_log_probs, log_probs, atol=1e-4)  # same answer for the turned image
+            assert torch.allclose(model.class_maps(turned_features), view(maps, turns, mirror), atol=1e-3)
+        one_view = Ensemble(members, [1.0, 2.0]).eval()  # a single network is not blind to them
+        assert not torch.allclose(one_view(view(pixels, 1, False)), one_view(pixels), atol=1e-3)
+    with pytest.raises(ValueError, match="views must be one of 1, 2, 4, 8"):
+        Ensemble(members, [1.0, 1.0], views=3)

@@ -49,7 +49,7 @@ def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
 def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
     predictor = Predictor(tiny_onnx)
     photo = sorted(image_folder.glob("ISIC_*.jpg"))[0]
-    result = predictor.assess(photo.read_bytes(), heatmap=True, tta=True)
+    result = predictor.assess(photo.read_bytes(), heatmap=True)
     assert result.assessable and result.label in predictor.classes
     assert set(result.probabilities) == {"MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"}
     assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-4)

@@ -158,7 +158,8 @@ def echo_metrics(metrics: dict) -> None:
     click.echo("recall per class: " + "  ".join(
         f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in metrics["recall"].items()))
     click.echo(f"accuracy: {metrics['accuracy']:.4f}   macro AUC: {metrics['macro_auc']:.4f}   "
-               f"ECE: {metrics['ece']:.4f}   images: {metrics['images']}")
+               f"ECE: {metrics['ece']:.4f} (classes weighted equally: {metrics['ece_class_balanced']:.4f})   "
+               f"images: {metrics['images']}")
 
 
 @main.command()
@@ -166,13 +167,17 @@ def echo_metrics(metrics: dict) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the model.pt.")
 @click.option("--data", "prepared_dir", type=click.Path(path_type=Path), default=None,
               help="Prepared data whose validation split calibrates it (default: the first run's).")
-def ensemble(runs, out_dir, prepared_dir):
-    """Average several runs' calibrated probabilities into one model; evaluate and export it like a run."""
+@click.option("--views", type=click.Choice(["1", "2", "4", "8"]), default="1", show_default=True,
+              help="Show every network this many turned/mirrored copies of the image and average them too.")
+def ensemble(runs, out_dir, prepared_dir, views):
+    """Average runs' (and views') calibrated probabilities into one model; evaluate and export it like a run."""
     from skinlesion.ensemble import build_ensemble
 
-    out, scores = fail_cleanly(lambda: build_ensemble(list(runs), out_dir, prepared_dir))
+    out, scores = fail_cleanly(lambda: build_ensemble(list(runs), out_dir, prepared_dir, int(views)))
     members = "  ".join(f"{score:.4f}" for score in scores["members_val_bacc"])
-    click.echo(f"validation balanced accuracy: ensemble {scores['val_bacc']:.4f}; members {members}")
+    click.echo(f"validation balanced accuracy: ensemble {scores['val_bacc']:.4f} (top class), "
+               f"{scores['val_bacc_calibrated']:.4f} (calibrated for equally common classes, fitted on it); "
+               f"members' best epochs {members}")
     click.echo(f"model written to {out}")
 
 

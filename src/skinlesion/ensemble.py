@@ -1,14 +1,14 @@
-"""Ensembles: average the calibrated probabilities of several trained runs, then calibrate the average."""
+"""Ensembles: average the calibrated probabilities of several trained runs and views, then calibrate the average."""
 
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from skinlesion.evaluate import balanced_accuracy, fit_temperature, resolve_model, softmax
-from skinlesion.models import MODEL_FORMAT, save_ensemble
+from skinlesion.evaluate import balanced_accuracy, fit_calibration, resolve_model
+from skinlesion.models import MODEL_FORMAT, Ensemble, build_classifier, save_ensemble
 from skinlesion.prepare import load_prepared
-from skinlesion.training import check_held_out, model_logits
+from skinlesion.training import check_held_out, predict_logits
 
 
 def read_member(path: Path) -> dict:
@@ -19,10 +19,12 @@ def read_member(path: Path) -> dict:
     return {**meta, "source": str(path)}
 
 
-def build_ensemble(runs: list[Path], out_dir: Path, prepared_dir: Path | None = None) -> tuple[Path, dict]:
-    """Combine runs (same network, classes and input) into out_dir/model.pt; return it with validation scores."""
-    if len(runs) < 2:
-        raise ValueError("an ensemble needs at least two runs")
+def build_ensemble(runs: list[Path], out_dir: Path, prepared_dir: Path | None = None,
+                   views: int = 1) -> tuple[Path, dict]:
+    """Combine runs (same network, classes and input), each shown `views` symmetries of the image, into
+    out_dir/model.pt; return it with validation scores."""
+    if len(runs) < 2 and views == 1:
+        raise ValueError("an ensemble needs at least two runs, or one run with --views 2, 4 or 8")
     paths = [resolve_model(run) for run in runs]
     members = [read_member(path) for path in paths]
     first = members[0]
@@ -36,18 +38,19 @@ def build_ensemble(runs: list[Path], out_dir: Path, prepared_dir: Path | None = 
                          f"{first['size']}px '{first['policy']}'")
     for path, member in zip(paths, members):
         check_held_out(path, member, prepared)  # no member may have trained on the images we calibrate and test on
+    model = Ensemble([build_classifier(dict(m)) for m in members], [m["temperature"] for m in members], views)
     val = prepared.split("val")
-    pixels = prepared.pixels[val["cache_row"].to_numpy()]
+    pixels = torch.from_numpy(np.ascontiguousarray(prepared.pixels[val["cache_row"].to_numpy()]))
+    mean_log = predict_logits(model.eval().to(memory_format=torch.channels_last), pixels)  # (N, K)
     y_true = val["label"].map({c: i for i, c in enumerate(first["classes"])}).to_numpy()
-    k = len(first["classes"])
-    member_probs = [softmax(model_logits(path, pixels)[0], member["temperature"])
-                    for path, member in zip(paths, members)]
-    mean_log = np.log(np.clip(np.mean(member_probs, axis=0), 1e-12, None))  # what Ensemble.forward returns
-    scores = {"members_val_bacc": [balanced_accuracy(y_true, p.argmax(1), k) for p in member_probs],
-              "val_bacc": balanced_accuracy(y_true, mean_log.argmax(1), k)}
+    temperature, class_bias = fit_calibration(mean_log, y_true)
+    scores = {"members_val_bacc": [m.get("val_bacc", float("nan")) for m in members],
+              "val_bacc": balanced_accuracy(y_true, mean_log.argmax(1), len(first["classes"])),
+              "val_bacc_calibrated": balanced_accuracy(y_true, (mean_log / temperature + class_bias).argmax(1),
+                                                       len(first["classes"]))}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "model.pt"
-    save_ensemble(members, out, temperature=fit_temperature(mean_log, y_true),
+    save_ensemble(members, out, views=views, temperature=temperature, class_bias=class_bias,
                   extra={"val_bacc": scores["val_bacc"], "prepared": str(prepared.out_dir)})
     return out, scores

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from skinlesion import __version__
-from skinlesion.evaluate import balanced_accuracy, resolve_model
+from skinlesion.evaluate import balanced_accuracy, calibrated, resolve_model
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.prepare import Prepared, load_prepared
 
@@ -19,13 +19,15 @@ METADATA_KEY = "skinlesion"
 class ExportWrapper(nn.Module):
     """Take (B, H, W, 3) float pixels in 0..255 as the predictor decodes them; return what it needs."""
 
-    def __init__(self, model: Classifier, temperature: float):
+    def __init__(self, model: Classifier | Ensemble, temperature: float, class_bias: list[float]):
         super().__init__()
         self.model, self.temperature = model, temperature
+        self.register_buffer("class_bias", torch.tensor(class_bias, dtype=torch.float32).view(1, -1))
 
     def forward(self, pixels: torch.Tensor):
         logits, features = self.model.forward_features(pixels.permute(0, 3, 1, 2))
-        probabilities = torch.softmax(logits / self.temperature, dim=1)  # calibrated on validation
+        # Calibrated on validation, for equally common classes (evaluate.fit_calibration).
+        probabilities = torch.softmax(logits / self.temperature + self.class_bias, dim=1)
         return probabilities, logits, self.model.class_maps(features)  # (B, K), (B, K), (B, K, h, w)
 
 
@@ -47,7 +49,8 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
     import onnxruntime as ort
 
     model = model.to(memory_format=torch.contiguous_format)
-    wrapper = ExportWrapper(model, meta["temperature"]).eval()
+    class_bias = meta.get("class_bias", [0.0] * len(meta["classes"]))
+    wrapper = ExportWrapper(model, meta["temperature"], class_bias).eval()
     size = meta["size"]
     dummy = torch.zeros(1, size, size, 3)
     out = Path(out)
@@ -57,6 +60,7 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
                       dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}, "logits": {0: "batch"},
                                     "class_maps": {0: "batch"}}, opset_version=17, dynamo=False)
     card = {k: meta[k] for k in ("arch", "classes", "size", "policy", "mean", "std", "temperature")}
+    card.update(class_bias=class_bias, views=meta.get("views", 1))
     card.update({"input": "pixels: float32 (batch, size, size, 3) RGB in 0..255, resized by 'policy'",
                  "skinlesion_version": __version__, "exported": date.today().isoformat(),
                  "weights": "float16" if fp16 else "float32", **recipe(meta)})
@@ -150,10 +154,15 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
              f"- Classes (in output order): {', '.join(card['classes'])}",
              f"- Input: {card['size']}x{card['size']} px RGB, resize policy '{card['policy']}', normalised inside "
              f"the model (mean {card['mean']}, std {card['std']})",
-             f"- Calibration: temperature {card['temperature']:.3f}, fitted on the validation split only"]
+             f"- Calibration: temperature {card['temperature']:.3f} and one offset per class, fitted on the validation "
+             f"split only, for equally common classes (the prior balanced accuracy assumes): each probability is what "
+             f"it would be if all diagnoses were equally common, so where naevi dominate a naevus is likelier than shown"]
     if members:
-        lines.append(f"- {len(members)} networks, each calibrated by its own temperature; their probabilities are "
-                     f"averaged and the average calibrated once more. Validation balanced accuracy of the ensemble "
+        views = card.get("views", 1)
+        shown = f", each shown {views} turned and mirrored copies of the image" if views > 1 else ""
+        lines.append(f"- {len(members)} network{'s' if len(members) > 1 else ''}{shown}; each network's probabilities "
+                     f"are calibrated by its own temperature, averaged over networks and views, and the average "
+                     f"calibrated as above. Validation balanced accuracy of the average before that calibration "
                      f"{card['val_bacc']:.3f}. The members:")
         for member in members:
             lines += [f"  - `{member['model']}`:"] + [f"    {line}" for line in recipe_lines(member)]
@@ -171,11 +180,13 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
         if not m:
             continue
         low, high = m["balanced_accuracy_ci95"]
-        lines += [f"## {'Validation' if split == 'val' else 'Test'} split ({m['images']} images, lesion-grouped)", "",
+        use = "; every choice and the calibration were made on it, so optimistic" if split == "val" else ""
+        lines += [f"## {'Validation' if split == 'val' else 'Test'} split ({m['images']} images, lesion-grouped{use})", "",
                   f"Balanced accuracy **{m['balanced_accuracy']:.3f}** (mean per-class recall, the ISIC metric; "
                   f"95% interval {low:.3f}-{high:.3f} by a bootstrap within classes); "
                   f"accuracy {m['accuracy']:.3f}; macro AUC {m['macro_auc']:.3f}; expected calibration error "
-                  f"{m['ece']:.3f} (before temperature scaling {m.get('ece_uncalibrated', float('nan')):.3f}).", "",
+                  f"{m.get('ece_class_balanced', float('nan')):.3f} with classes weighted equally, as the "
+                  f"probabilities assume ({m['ece']:.3f} unweighted).", "",
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
                   "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
     lines += ["## Data and limitations", "",
@@ -213,8 +224,10 @@ def compare_with_pytorch(onnx_path: Path, model_file: Path, prepared: Prepared) 
     rows = prepared.split("val")
     pixels = prepared.pixels[rows["cache_row"].to_numpy()]
     predictor = Predictor(onnx_path)
-    exported = np.concatenate([predictor.run(pixels[i:i + 256])[0] for i in range(0, len(pixels), 256)]).argmax(1)
-    original = model_logits(model_file, pixels)[0].argmax(1)
+    batches = range(0, len(pixels), 32)  # small: an ensemble multiplies the batch by its views (memory)
+    exported = np.concatenate([predictor.run(pixels[i:i + 32])[0] for i in batches]).argmax(1)
+    logits, meta = model_logits(model_file, pixels)
+    original = calibrated(logits, meta).argmax(1)
     y = rows["label"].map({c: i for i, c in enumerate(predictor.classes)}).to_numpy()
     k = len(predictor.classes)
     return {"balanced_accuracy_onnx": balanced_accuracy(y, exported, k),

@@ -100,27 +100,62 @@ def create_model(name: str, num_classes: int, pretrained: bool = True, width: fl
     return Classifier(trunk, channels, num_classes, spec.mean, spec.std, dropout)
 
 
-class Ensemble(nn.Module):
-    """Several classifiers over the same classes and input; their calibrated probabilities are averaged."""
+# The eight symmetries of the square as (quarter turns, mirror), ordered so that the first 1, 2 and 4 form a
+# group: a lesion has no up or left, so each is a fair second look at the same image.
+VIEWS = ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))
+VIEW_COUNTS = (1, 2, 4, 8)
 
-    def __init__(self, members: list[Classifier], temperatures: list[float]):
+
+def turn(images: torch.Tensor, turns: int) -> torch.Tensor:
+    """torch.rot90(images, turns, dims=(2, 3)) from flips and transposes, which ONNX can express."""
+    turns %= 4
+    if turns == 1:
+        return images.flip(3).transpose(2, 3)
+    if turns == 2:
+        return images.flip((2, 3))
+    return images.transpose(2, 3).flip(3) if turns == 3 else images
+
+
+def view(images: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """Turn (B, C, H, W) images by quarter turns, then mirror them left to right."""
+    images = turn(images, turns)
+    return images.flip(3) if mirror else images
+
+
+def unview(maps: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """Undo view() on (B, K, h, w) maps, so they line up with the original image."""
+    return turn(maps.flip(3) if mirror else maps, -turns)
+
+
+class Ensemble(nn.Module):
+    """Classifiers over the same classes and input, each shown several views; calibrated probabilities averaged."""
+
+    def __init__(self, members: list[Classifier], temperatures: list[float], views: int = 1):
         super().__init__()
+        if views not in VIEW_COUNTS:
+            raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}, not {views}")
         self.members = nn.ModuleList(members)
-        self.register_buffer("temperatures", torch.tensor(temperatures).view(-1, 1, 1))
+        self.views = VIEWS[:views]
+        self.register_buffer("temperatures", torch.tensor(temperatures).view(-1, 1, 1, 1))
 
     def forward_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (log of the mean calibrated probability (B, K), every member's feature map (B, M, C, h, w))."""
-        outputs = [member.forward_features(pixels) for member in self.members]
-        logits = torch.stack([logits for logits, _ in outputs]) / self.temperatures  # (M, B, K)
-        mean_probability = torch.softmax(logits, dim=2).mean(dim=0)
-        return torch.log(mean_probability.clamp_min(1e-12)), torch.stack([f for _, f in outputs], dim=1)
+        """Return (log of the mean calibrated probability (B, K), feature maps (B, V, M, C, h, w))."""
+        v = len(self.views)
+        batch = torch.cat([view(pixels, *each) for each in self.views])  # (V * B, 3, H, W), one pass per member
+        outputs = [member.forward_features(batch) for member in self.members]
+        logits = torch.stack([logits.reshape(v, -1, logits.shape[-1]) for logits, _ in outputs])  # (M, V, B, K)
+        mean_probability = torch.softmax(logits / self.temperatures, dim=3).mean(dim=(0, 1))
+        features = torch.stack([f.reshape(v, -1, *f.shape[1:]) for _, f in outputs], dim=2)  # (V, B, M, C, h, w)
+        return torch.log(mean_probability.clamp_min(1e-12)), features.transpose(0, 1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_features(pixels)[0]
 
     def class_maps(self, features: torch.Tensor) -> torch.Tensor:
-        """Return the members' class activation maps (B, K, h, w), averaged."""
-        return torch.stack([m.class_maps(features[:, i]) for i, m in enumerate(self.members)]).mean(dim=0)
+        """Return the class activation maps (B, K, h, w) of every member and view, turned back and averaged."""
+        return torch.stack([unview(member.class_maps(features[:, i, m]), *each)
+                            for i, each in enumerate(self.views)
+                            for m, member in enumerate(self.members)]).mean(dim=0)
 
 
 MODEL_FORMAT = "skinlesion-model-1"
@@ -128,31 +163,33 @@ ENSEMBLE_FORMAT = "skinlesion-ensemble-1"
 
 
 def save_model(model: Classifier, path, *, name: str, classes, size: int, policy: str, width: float,
-               dropout: float, temperature: float, extra: dict | None = None) -> None:
+               dropout: float, temperature: float, class_bias=None, extra: dict | None = None) -> None:
     """Write weights together with everything inference needs, so nobody restates it."""
     spec = model_spec(name)
     torch.save({
         "format": MODEL_FORMAT, "arch": name, "width": width, "dropout": dropout,
         "classes": list(classes), "size": size, "policy": policy,
         "mean": list(spec.mean), "std": list(spec.std), "temperature": float(temperature),
+        "class_bias": [float(b) for b in (class_bias if class_bias is not None else [0.0] * len(classes))],
         "state_dict": model.state_dict(), **(extra or {}),
     }, path)
 
 
-def save_ensemble(members: list[dict], path, *, temperature: float, extra: dict | None = None) -> None:
+def save_ensemble(members: list[dict], path, *, views: int, temperature: float, class_bias,
+                  extra: dict | None = None) -> None:
     """Write an ensemble: each member's saved file contents (weights and metadata) plus its own calibration."""
     first = members[0]
     torch.save({
-        "format": ENSEMBLE_FORMAT, "arch": first["arch"], "members": members,
+        "format": ENSEMBLE_FORMAT, "arch": first["arch"], "members": members, "views": views,
         **{k: first[k] for k in ("classes", "size", "policy", "mean", "std")},
-        "temperature": float(temperature), **(extra or {}),
+        "temperature": float(temperature), "class_bias": [float(b) for b in class_bias], **(extra or {}),
     }, path)
 
 
 def build_classifier(meta: dict) -> Classifier:
     model = create_model(meta["arch"], len(meta["classes"]), pretrained=False, width=meta["width"],
                          dropout=meta["dropout"])
-    model.load_state_dict(meta.pop("state_dict"))
+    model.load_state_dict(meta.pop("state_dict"))  # the weights now live in the model only
     return model
 
 
@@ -165,7 +202,8 @@ def load_model(path) -> tuple[Classifier | Ensemble, dict]:
                          f"or 'skinlesion ensemble')")
     if meta["format"] == ENSEMBLE_FORMAT:
         members = meta["members"]
-        model = Ensemble([build_classifier(m) for m in members], [m["temperature"] for m in members])
+        model = Ensemble([build_classifier(m) for m in members], [m["temperature"] for m in members],
+                         meta.get("views", 1))
     else:
         model = build_classifier(meta)
     return model.eval().to(memory_format=torch.channels_last), meta

@@ -54,29 +54,23 @@ class Predictor:
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self.version = f"{self.card['arch']}-{self.size}px-{digest}"
 
-    def run(self, pixels: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (probabilities (B, K), class maps (B, K, h, w)) for uint8 pixels (B, H, W, 3)."""
-        views = [(lambda x: x, lambda m: m)]
-        if tta:  # flips; maps are flipped back so they still line up with the image
-            views += [(lambda x: x[:, :, ::-1], lambda m: m[..., ::-1]), (lambda x: x[:, ::-1], lambda m: m[..., ::-1, :])]
-        probs, maps = 0.0, 0.0
-        for forward, back in views:
-            p, _, m = self.session.run(None, {"pixels": np.ascontiguousarray(forward(pixels), dtype=np.float32)})
-            probs, maps = probs + p, maps + back(m)
-        return probs / len(views), maps / len(views)
+        probs, _, maps = self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return probs, maps
 
     def all_codes(self, probs: np.ndarray) -> dict:
         """Spread the model's probabilities over every ISIC class (0.0 where the model has none)."""
         return {c: (float(probs[self.classes.index(c)]) if c in self.classes else 0.0) for c in CODES}
 
-    def assess(self, source, heatmap: bool = False, tta: bool = False) -> Assessment:
+    def assess(self, source, heatmap: bool = False) -> Assessment:
         """Classify one image (bytes or path) as the web app shows it; refuse images it should not judge."""
         image = open_rgb(source, draft_size=self.size)
         pixels = resize(image, self.size, self.policy)
         reason = cannot_assess(image, pixels)
         if reason:
             return Assessment(assessable=False, reason=reason)
-        probs, maps = self.run(pixels[None], tta=tta)
+        probs, maps = self.run(pixels[None])
         top = int(probs[0].argmax())
         label = self.classes[top]
         return Assessment(assessable=True, label=label, probabilities=self.all_codes(probs[0]),

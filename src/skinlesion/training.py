@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from skinlesion.evaluate import balanced_accuracy, fit_temperature
+from skinlesion.evaluate import balanced_accuracy, fit_calibration
 from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, save_model
 from skinlesion.prepare import load_prepared
 from skinlesion.presets import EvalPreset, TrainPreset
@@ -203,10 +203,10 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     model = best.model.eval()
     val = data.tensors("val")
     logits = predict_logits(model, val.tensors[0])
-    temperature = fit_temperature(logits, val.tensors[1].numpy())
+    temperature, class_bias = fit_calibration(logits, val.tensors[1].numpy())
     out = run_dir / "model.pt"
     save_model(model, out, name=config.model, classes=prepared.classes, size=prepared.size, policy=prepared.policy,
-               width=config.width, dropout=config.dropout, temperature=temperature,
+               width=config.width, dropout=config.dropout, temperature=temperature, class_bias=class_bias,
                extra={"val_bacc": float(checkpoints.best_model_score or 0.0), "epochs_trained": trainer.current_epoch,
                       "train_config": asdict(config), "prepared": str(prepared_dir)})
     return out

@@ -24,7 +24,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         MODEL_THREADS=int(os.environ.get("SKINLESION_THREADS", "0")),
         MAX_CONTENT_LENGTH=10 * 1024 * 1024,  # 10 MB: far above any dermoscopic JPEG
         RATE_LIMIT=int(os.environ.get("SKINLESION_RATE_LIMIT", "60")),  # predictions per client per minute
-        TTA=os.environ.get("SKINLESION_TTA", "0") == "1",
     )
     if test_config:
         app.config.update(test_config)

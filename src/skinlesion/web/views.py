@@ -124,7 +124,7 @@ def predict():
     if not data:
         return api_error(400, "empty_upload", "The uploaded file is empty.")
     try:
-        result = predictor().assess(data, heatmap=request.form.get("heatmap") == "1", tta=current_app.config["TTA"])
+        result = predictor().assess(data, heatmap=request.form.get("heatmap") == "1")
     except ImageError as error:
         return api_error(415, "not_an_image", f"This file cannot be read as an image: {error}. "
                                               "Please send a JPEG or PNG photo.")
