@@ -54,6 +54,7 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
     from skinlesion.web import create_app  # the card has validation metrics only: the page used to fail on that
     about = create_app({"MODEL": str(tmp_path / "both.onnx"), "TESTING": True}).test_client().get("/about")
     assert about.status_code == 200 and b"an ensemble of 2\nmobilenet_v2 networks" in about.data
+    assert b"equally common diagnoses" in about.data  # what the shown probabilities assume
 
 
 def test_ensemble_errors_are_clean(tiny_onnx, prepared32, tmp_path):

@@ -26,6 +26,7 @@ def test_pages_carry_the_disclaimer(client):
         assert page.status_code == 200
         assert b"Research tool, not a diagnosis" in page.data
     assert b"mobilenet_v2" in client.get("/about").data
+    assert b"Percentages assume all eight diagnoses are equally common" in client.get("/").data
 
 
 def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
