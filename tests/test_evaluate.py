@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, class_balanced_weights,
-                                 confusion_matrix, expected_calibration_error, fit_calibration, fit_temperature,
-                                 per_class_table, roc_auc, softmax, write_submission, write_truth)
+                                 confusion_matrix, cross_fitted_balanced_accuracy, expected_calibration_error,
+                                 fit_calibration, fit_temperature, per_class_table, roc_auc, softmax,
+                                 write_submission, write_truth)
 
 
 def test_balanced_accuracy_by_hand():
@@ -88,3 +89,15 @@ def test_calibration_for_equal_classes_undoes_an_under_called_class():
     missing = y != 2  # a class absent from validation is never favoured
     _, bias = fit_calibration(logits[missing], y[missing])
     assert bias[2] == bias[:2].min()
+
+
+def test_cross_fitted_score_rates_the_calibrated_decision_not_the_raw_top_class():
+    rng = np.random.default_rng(3)
+    y = rng.choice(3, size=3000, p=[0.8, 0.15, 0.05])
+    evidence = 2 * np.eye(3)[y] + rng.normal(size=(len(y), 3))
+    skewed = evidence + np.array([3.0, 0.0, 0.0])  # a network trained on the natural mix: nearly always class 0
+    fair = balanced_accuracy(y, evidence.argmax(1), 3)
+    assert balanced_accuracy(y, skewed.argmax(1), 3) < 0.5 < fair - 0.2
+    assert cross_fitted_balanced_accuracy(skewed, y) == pytest.approx(fair, abs=0.02)
+    # Scored on images its calibration never saw: pure noise stays at chance instead of fitting itself.
+    assert cross_fitted_balanced_accuracy(rng.normal(size=(300, 3)), rng.integers(0, 3, 300)) < 0.45

@@ -30,6 +30,8 @@ def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_
     assert meta["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
     assert (meta["size"], meta["policy"], meta["arch"]) == (32, "squash", "mobilenet_v2")
     assert 0.05 < meta["temperature"] < 20
+    # The kept epoch is the best by calibrated validation balanced accuracy, the decision the model ships with.
+    assert meta["val_bacc_calibrated"] == pytest.approx(epochs["val_bacc_calibrated"].max(), abs=0.01)
     # Evaluation on test writes the report; balanced accuracy beats chance (1/6) even after 4 short epochs.
     result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(prepared32), "--split", "test"])
     assert result.exit_code == 0, result.output

@@ -141,9 +141,32 @@ def fit_calibration(logits: np.ndarray, y_true: np.ndarray, rounds: int = 5,
     return temperature, np.where(present, balanced, balanced[present].min())
 
 
+def cross_fitted_balanced_accuracy(logits: np.ndarray, y_true: np.ndarray, halvings: int = 3, seed: int = 0) -> float:
+    """Return the balanced accuracy of calibrated predictions, calibration fitted on one half and scored on the other.
+
+    This is what selects checkpoints: the calibrated decision is the one we ship, and the top class of the raw
+    logits is a poor proxy for it (near chance for a network trained on the natural class mix). Halves are drawn
+    within each class, so both hold every class that has two or more images.
+    """
+    rng = np.random.default_rng(seed)
+    k = logits.shape[1]
+    scores = []
+    for _ in range(halvings):
+        half = np.zeros(len(y_true), dtype=bool)
+        for c in range(k):
+            members = rng.permutation(np.flatnonzero(y_true == c))
+            half[members[: len(members) // 2]] = True
+        predicted = np.zeros(len(y_true), dtype=int)
+        for part in (half, ~half):
+            temperature, class_bias = fit_calibration(logits[~part], y_true[~part])
+            predicted[part] = (logits[part] / temperature + class_bias).argmax(axis=1)
+        scores.append(balanced_accuracy(y_true, predicted, k))
+    return float(np.mean(scores))
+
+
 def calibrated(logits: np.ndarray, meta: dict) -> np.ndarray:
-    """Return a saved model's probabilities: its temperature and class offsets (files without offsets: none)."""
-    return softmax(logits / meta["temperature"] + np.asarray(meta.get("class_bias", 0.0)))
+    """Return a saved model's probabilities: its temperature and class offsets (models.load_model's metadata)."""
+    return softmax(logits / meta["temperature"] + np.asarray(meta["class_bias"]))
 
 
 def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
@@ -266,6 +289,6 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
     probs = calibrated(logits, meta)
     out_dir = Path(out_dir) if out_dir else model_path.parent / f"eval-{split}"
     extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir),
-             "temperature": meta["temperature"], "class_bias": list(meta.get("class_bias", [])),
+             "temperature": meta["temperature"], "class_bias": list(meta["class_bias"]),
              "ece_uncalibrated": expected_calibration_error(softmax(logits), y_true)}
     return write_report(out_dir, rows["image"], y_true, probs, classes, extra), out_dir

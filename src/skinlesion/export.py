@@ -33,12 +33,13 @@ class ExportWrapper(nn.Module):
 
 def recipe(meta: dict) -> dict:
     """Return how a saved model was trained: score, epochs, settings and the earlier stage it started from."""
-    entry = {k: meta[k] for k in ("val_bacc", "epochs_trained", "train_config") if k in meta}
+    entry = {k: meta[k] for k in ("val_bacc", "val_bacc_calibrated", "epochs_trained", "train_config") if k in meta}
     init = meta.get("train_config", {}).get("init")
     if init:
         earlier = torch.load(init, map_location="cpu", weights_only=False) if Path(init).is_file() else {}
-        entry["started_from"] = {"model": init, **{k: earlier[k] for k in ("size", "val_bacc", "epochs_trained",
-                                                                           "train_config") if k in earlier}}
+        entry["started_from"] = {"model": init, **{k: earlier[k] for k in ("size", "val_bacc", "val_bacc_calibrated",
+                                                                           "epochs_trained", "train_config")
+                                                   if k in earlier}}
     return entry
 
 
@@ -49,8 +50,7 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
     import onnxruntime as ort
 
     model = model.to(memory_format=torch.contiguous_format)
-    class_bias = meta.get("class_bias", [0.0] * len(meta["classes"]))
-    wrapper = ExportWrapper(model, meta["temperature"], class_bias).eval()
+    wrapper = ExportWrapper(model, meta["temperature"], meta["class_bias"]).eval()
     size = meta["size"]
     dummy = torch.zeros(1, size, size, 3)
     out = Path(out)
@@ -59,8 +59,8 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
                       output_names=["probabilities", "logits", "class_maps"],
                       dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}, "logits": {0: "batch"},
                                     "class_maps": {0: "batch"}}, opset_version=17, dynamo=False)
-    card = {k: meta[k] for k in ("arch", "classes", "size", "policy", "mean", "std", "temperature")}
-    card.update(class_bias=class_bias, views=meta.get("views", 1))
+    card = {k: meta[k] for k in ("arch", "classes", "size", "policy", "mean", "std", "temperature", "class_bias",
+                                 "views")}
     card.update({"input": "pixels: float32 (batch, size, size, 3) RGB in 0..255, resized by 'policy'",
                  "skinlesion_version": __version__, "exported": date.today().isoformat(),
                  "weights": "float16" if fp16 else "float32", **recipe(meta)})
@@ -121,15 +121,21 @@ def read_card(onnx_path: Path) -> dict:
 def recipe_lines(entry: dict) -> list[str]:
     """Render recipe(meta) as markdown list items."""
     lines = [f"- Training recipe: `{json.dumps(entry.get('train_config', {}))}`",
-             f"- Epochs trained: {entry.get('epochs_trained', '?')}, validation balanced accuracy "
-             f"{entry.get('val_bacc', float('nan')):.3f}"]
+             f"- Epochs trained: {entry.get('epochs_trained', '?')}, {validation_scores(entry)}"]
     if "started_from" in entry:
         earlier = entry["started_from"]
         lines.append(f"- Started from `{earlier['model']}` ({earlier.get('size', '?')} px, "
-                     f"{earlier.get('epochs_trained', '?')} epochs, validation balanced accuracy "
-                     f"{earlier.get('val_bacc', float('nan')):.3f}), trained with "
+                     f"{earlier.get('epochs_trained', '?')} epochs, {validation_scores(earlier)}), trained with "
                      f"`{json.dumps(earlier.get('train_config', {}))}`")
     return lines
+
+
+def validation_scores(entry: dict) -> str:
+    """Render a run's validation balanced accuracy: top class, and calibrated where the run recorded it."""
+    text = f"validation balanced accuracy {entry.get('val_bacc', float('nan')):.3f} (top class"
+    if "val_bacc_calibrated" in entry:
+        text += f"; calibrated, cross-fitted on halves of validation: {entry['val_bacc_calibrated']:.3f}"
+    return text + ")"
 
 
 def add_to_card(onnx_path: Path, key: str, value) -> None:

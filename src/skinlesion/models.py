@@ -200,10 +200,12 @@ def load_model(path) -> tuple[Classifier | Ensemble, dict]:
     if not isinstance(meta, dict) or meta.get("format") not in formats:
         raise ValueError(f"{path}: not a skinlesion model file (expected one written by 'skinlesion train' "
                          f"or 'skinlesion ensemble')")
+    # Files written before class offsets and views existed: no offsets, one view.
+    meta.setdefault("class_bias", [0.0] * len(meta["classes"]))
+    meta.setdefault("views", 1)
     if meta["format"] == ENSEMBLE_FORMAT:
         members = meta["members"]
-        model = Ensemble([build_classifier(m) for m in members], [m["temperature"] for m in members],
-                         meta.get("views", 1))
+        model = Ensemble([build_classifier(m) for m in members], [m["temperature"] for m in members], meta["views"])
     else:
         model = build_classifier(meta)
     return model.eval().to(memory_format=torch.channels_last), meta

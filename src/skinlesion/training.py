@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from skinlesion.evaluate import balanced_accuracy, fit_calibration
+from skinlesion.evaluate import balanced_accuracy, cross_fitted_balanced_accuracy, fit_calibration
 from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, save_model
 from skinlesion.prepare import load_prepared
 from skinlesion.presets import EvalPreset, TrainPreset
@@ -37,7 +37,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     imbalance: str = "none"  # "weights" or "sampler" when the data kept every image (--balance all)
     augment: bool = True
-    patience: int = 8  # epochs without a better validation balanced accuracy before stopping
+    patience: int = 8  # epochs without a better calibrated validation balanced accuracy before stopping
     seed: int = 0
     accelerator: str = "auto"
     devices: str = "auto"  # e.g. "4" for four GPUs; more than one uses DDP
@@ -121,8 +121,10 @@ class LesionSystem(L.LightningModule):
         labels = torch.cat([o[1] for o in self.val_outputs])
         self.val_outputs.clear()
         logits, labels = self.all_gather(logits).flatten(0, -2), self.all_gather(labels).flatten()
-        score = balanced_accuracy(labels.cpu().numpy(), logits.argmax(1).cpu().numpy(), len(self.hparams.classes))
-        self.log("val_bacc", score, prog_bar=True)
+        logits, labels = logits.cpu().numpy(), labels.cpu().numpy()
+        self.log("val_bacc", balanced_accuracy(labels, logits.argmax(1), len(self.hparams.classes)), prog_bar=True)
+        # The selection metric: the decision we ship is the calibrated one (see fit()).
+        self.log("val_bacc_calibrated", cross_fitted_balanced_accuracy(logits, labels), prog_bar=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -163,12 +165,13 @@ class EpochLog(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         row = {"epoch": trainer.current_epoch, "train_loss": metrics.get("train_loss"),
                "val_loss": metrics.get("val_loss"), "val_bacc": metrics.get("val_bacc"),
+               "val_bacc_calibrated": metrics.get("val_bacc_calibrated"),
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(time.perf_counter() - self.started, 1)}
         self.append(row)
 
 
 def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train, keep the best epoch by validation balanced accuracy, calibrate on validation; return model.pt."""
+    """Train, keep the best epoch by calibrated validation balanced accuracy, calibrate on validation; return model.pt."""
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists() and not resume:
@@ -185,9 +188,9 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     system = LesionSystem(asdict(config), list(prepared.classes), prepared.size, prepared.policy, data.loss_weights())
     if config.init and not resume:
         start_from(system.model, Path(config.init), config.model, prepared)
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", monitor="val_bacc",
-                                                      mode="max", save_last=True)
-    stopper = L.pytorch.callbacks.EarlyStopping("val_bacc", mode="max", patience=config.patience)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", mode="max",
+                                                      monitor="val_bacc_calibrated", save_last=True)
+    stopper = L.pytorch.callbacks.EarlyStopping("val_bacc_calibrated", mode="max", patience=config.patience)
     devices = int(config.devices) if config.devices.isdigit() else config.devices
     distributed = (isinstance(devices, int) and devices > 1) or config.num_nodes > 1
     trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=devices,
@@ -202,12 +205,14 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     best = LesionSystem.load_from_checkpoint(checkpoints.best_model_path or last, map_location="cpu")
     model = best.model.eval()
     val = data.tensors("val")
-    logits = predict_logits(model, val.tensors[0])
-    temperature, class_bias = fit_calibration(logits, val.tensors[1].numpy())
+    logits, y_val = predict_logits(model, val.tensors[0]), val.tensors[1].numpy()
+    temperature, class_bias = fit_calibration(logits, y_val)
+    scores = {"val_bacc": balanced_accuracy(y_val, logits.argmax(1), len(prepared.classes)),
+              "val_bacc_calibrated": cross_fitted_balanced_accuracy(logits, y_val)}
     out = run_dir / "model.pt"
     save_model(model, out, name=config.model, classes=prepared.classes, size=prepared.size, policy=prepared.policy,
                width=config.width, dropout=config.dropout, temperature=temperature, class_bias=class_bias,
-               extra={"val_bacc": float(checkpoints.best_model_score or 0.0), "epochs_trained": trainer.current_epoch,
+               extra={**scores, "epochs_trained": trainer.current_epoch,
                       "train_config": asdict(config), "prepared": str(prepared_dir)})
     return out
 
