@@ -15,7 +15,10 @@ train_stage() {
     [ -f "$run/model.pt" ] && return 0
     local resume=""
     [ -f "$run/checkpoints/last.ckpt" ] && resume="--resume"
-    skinlesion train --model efficientnet_lite0 --out "$run" --imbalance sampler --dropout 0.3 "$@" $resume
+    # --select top-class: the shipped members kept their epochs by the raw top class, as training did before
+    # 2026-11-27 (the default now scores the calibrated decision).
+    skinlesion train --model efficientnet_lite0 --out "$run" --imbalance sampler --dropout 0.3 --select top-class \
+        "$@" $resume
 }
 
 # All 8 classes, no undersampling; the sampler balances classes instead of throwing images away.

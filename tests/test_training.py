@@ -52,7 +52,8 @@ def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "skinlesion", *train_args(prepared32, run, "--epochs", 4, "--limit-train-batches", 40)]
+    args = ("--epochs", 4, "--limit-train-batches", 40, "--select", "top-class")
+    command = [sys.executable, "-m", "skinlesion", *train_args(prepared32, run, *args)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = run / "epochs.csv"
     deadline = time.time() + 240
@@ -64,11 +65,15 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_pat
     assert not (run / "model.pt").exists()
     done = len(pd.read_csv(log))
     assert 1 <= done < 4
-    result = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 4, "--limit-train-batches", 40, "--resume"))
+    result = CliRunner().invoke(main, train_args(prepared32, run, *args, "--resume"))
     assert result.exit_code == 0, result.output
     epochs = pd.read_csv(log)
     assert list(epochs["epoch"]) == list(range(4))  # continued, not restarted
-    assert (run / "model.pt").exists()
+    import torch
+    meta = torch.load(run / "model.pt", weights_only=False)
+    # Chosen, across the interruption, by the score asked for: the raw top class here.
+    assert meta["train_config"]["select"] == "top-class"
+    assert meta["val_bacc"] == pytest.approx(epochs["val_bacc"].max(), abs=0.01)
 
 
 def test_training_errors_are_clean(prepared32, tmp_path):

@@ -108,7 +108,11 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
               help="How to balance classes the data stage left imbalanced.")
 @click.option("--no-pretrained", is_flag=True, help="Train efficientnet_lite0 from scratch too.")
 @click.option("--no-augment", is_flag=True)
-@click.option("--patience", default=8, show_default=True, help="Early stopping on validation balanced accuracy.")
+@click.option("--patience", default=8, show_default=True, help="Epochs without a better --select score before "
+              "stopping.")
+@click.option("--select", default="calibrated", show_default=True, type=click.Choice(["calibrated", "top-class"]),
+              help="Validation balanced accuracy that keeps the best epoch: of the calibrated decision (cross-fitted "
+              "on halves of validation), or of the raw top class (runs before 2026-11-27).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--accelerator", default="auto", show_default=True, help="cpu, gpu or auto.")
 @click.option("--devices", default="auto", show_default=True, help="Devices per node; more than one uses DDP.")
@@ -118,7 +122,7 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
               help="Start from this model.pt (same model and classes, e.g. trained at a smaller size).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
-          imbalance, no_pretrained, no_augment, patience, seed, accelerator, devices, num_nodes,
+          imbalance, no_pretrained, no_augment, patience, select, seed, accelerator, devices, num_nodes,
           limit_train_batches, init_model, resume):
     """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
     from skinlesion.models import model_spec
@@ -129,7 +133,7 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
-                             num_nodes, limit, str(init_model or ""))
+                             num_nodes, limit, str(init_model or ""), select)
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

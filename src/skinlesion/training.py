@@ -20,6 +20,9 @@ from skinlesion.presets import EvalPreset, TrainPreset
 from skinlesion.splits import class_weights, sampler_weights
 
 IMBALANCE = ("none", "weights", "sampler")
+# What chooses the kept epoch and stops training: the calibrated decision the model ships with, or (runs before
+# 2026-11-27, e.g. the bundled model's members) the top class of the raw logits.
+SELECT = {"calibrated": "val_bacc_calibrated", "top-class": "val_bacc"}
 # Augmenting in the system's on_after_batch_transfer, beside a DataModule, is deliberate.
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
@@ -37,17 +40,20 @@ class TrainConfig:
     label_smoothing: float = 0.1
     imbalance: str = "none"  # "weights" or "sampler" when the data kept every image (--balance all)
     augment: bool = True
-    patience: int = 8  # epochs without a better calibrated validation balanced accuracy before stopping
+    patience: int = 8  # epochs without a better selection score (see select) before stopping
     seed: int = 0
     accelerator: str = "auto"
     devices: str = "auto"  # e.g. "4" for four GPUs; more than one uses DDP
     num_nodes: int = 1
     limit_train_batches: float = 1.0  # fraction (or count, if > 1) of batches per epoch; for quick checks
     init: str = ""  # a model.pt to start from (e.g. the same network trained at a smaller size)
+    select: str = "calibrated"  # a key of SELECT
 
     def __post_init__(self):
         if self.imbalance not in IMBALANCE:
             raise ValueError(f"unknown imbalance option {self.imbalance!r}; choose from {', '.join(IMBALANCE)}")
+        if self.select not in SELECT:
+            raise ValueError(f"unknown selection {self.select!r}; choose from {', '.join(SELECT)}")
 
 
 class PreparedData(L.LightningDataModule):
@@ -171,7 +177,7 @@ class EpochLog(L.Callback):
 
 
 def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train, keep the best epoch by calibrated validation balanced accuracy, calibrate on validation; return model.pt."""
+    """Train, keep the best epoch by validation balanced accuracy (config.select), calibrate on it; return model.pt."""
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists() and not resume:
@@ -189,8 +195,8 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     if config.init and not resume:
         start_from(system.model, Path(config.init), config.model, prepared)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", mode="max",
-                                                      monitor="val_bacc_calibrated", save_last=True)
-    stopper = L.pytorch.callbacks.EarlyStopping("val_bacc_calibrated", mode="max", patience=config.patience)
+                                                      monitor=SELECT[config.select], save_last=True)
+    stopper = L.pytorch.callbacks.EarlyStopping(SELECT[config.select], mode="max", patience=config.patience)
     devices = int(config.devices) if config.devices.isdigit() else config.devices
     distributed = (isinstance(devices, int) and devices > 1) or config.num_nodes > 1
     trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=devices,
