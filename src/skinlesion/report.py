@@ -63,8 +63,10 @@ def plot_learning_curves(out: Path, results: pd.DataFrame, path: Path) -> None:
             log = out / "runs" / f"{protocol}-{row['model']}-{row['size']}" / "epochs.csv"
             if log.exists():
                 epochs = pd.read_csv(log)
-                ax.plot(epochs["epoch"] + 1, epochs["val_bacc"], marker=".", label=f"{row['model']} {row['size']}px")
-        ax.set_title(f"{protocol} protocol: validation balanced accuracy")
+                # The score that chose the kept epoch; logs from before 2026-11-27 only have the raw top class.
+                score = epochs["val_bacc_calibrated" if "val_bacc_calibrated" in epochs else "val_bacc"]
+                ax.plot(epochs["epoch"] + 1, score, marker=".", label=f"{row['model']} {row['size']}px")
+        ax.set_title(f"{protocol} protocol: validation balanced accuracy (the selection score)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
