@@ -144,9 +144,9 @@ def fit_calibration(logits: np.ndarray, y_true: np.ndarray, rounds: int = 5,
 def cross_fitted_balanced_accuracy(logits: np.ndarray, y_true: np.ndarray, halvings: int = 3, seed: int = 0) -> float:
     """Return the balanced accuracy of calibrated predictions, calibration fitted on one half and scored on the other.
 
-    This is what selects checkpoints: the calibrated decision is the one we ship, and the top class of the raw
-    logits is a poor proxy for it (near chance for a network trained on the natural class mix). Halves are drawn
-    within each class, so both hold every class that has two or more images.
+    Training selects checkpoints by it (by default): the calibrated decision is the one we ship; the top class of
+    the raw logits is a poor proxy for it (near chance for a network trained on the natural class mix). Halves are
+    drawn within each class, so both hold every class that has two or more images.
     """
     rng = np.random.default_rng(seed)
     k = logits.shape[1]

@@ -129,7 +129,7 @@ class LesionSystem(L.LightningModule):
         logits, labels = self.all_gather(logits).flatten(0, -2), self.all_gather(labels).flatten()
         logits, labels = logits.cpu().numpy(), labels.cpu().numpy()
         self.log("val_bacc", balanced_accuracy(labels, logits.argmax(1), len(self.hparams.classes)), prog_bar=True)
-        # The selection metric: the decision we ship is the calibrated one (see fit()).
+        # Both are logged; config.select names the one that keeps the epoch (see fit()).
         self.log("val_bacc_calibrated", cross_fitted_balanced_accuracy(logits, labels), prog_bar=True)
 
     def configure_optimizers(self):
