@@ -121,6 +121,7 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
                                          "--card", str(card)])
     assert exported.exit_code == 0, exported.output
     assert f"Started from `{first / 'model.pt'}` (32 px, 1 epochs" in card.read_text()  # the whole recipe
+    assert card.read_text().count("of the calibrated decision") == 2  # both stages' selection scores
     # Another seed splits differently: the saved model trained on some of the new test images, so it may not start.
     other = prepared_with(SplitConfig(seed=1), "other")
     result = CliRunner().invoke(main, train_args(other, tmp_path / "third", "--init", first / "model.pt"))

@@ -132,10 +132,10 @@ def recipe_lines(entry: dict) -> list[str]:
 
 def validation_scores(entry: dict) -> str:
     """Render a run's validation balanced accuracy: top class, and calibrated where the run recorded it."""
-    text = f"validation balanced accuracy {entry.get('val_bacc', float('nan')):.3f} (top class"
+    text = f"validation balanced accuracy of the top class {entry.get('val_bacc', float('nan')):.3f}"
     if "val_bacc_calibrated" in entry:
-        text += f"; calibrated, cross-fitted on halves of validation: {entry['val_bacc_calibrated']:.3f}"
-    return text + ")"
+        text += f", of the calibrated decision {entry['val_bacc_calibrated']:.3f} (cross-fitted on halves)"
+    return text
 
 
 def add_to_card(onnx_path: Path, key: str, value) -> None:
