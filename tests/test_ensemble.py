@@ -3,7 +3,7 @@ import torch
 from click.testing import CliRunner
 
 from skinlesion.cli import main
-from skinlesion.evaluate import softmax
+from skinlesion.evaluate import cross_fitted_balanced_accuracy, softmax
 from skinlesion.models import Ensemble, load_model
 from skinlesion.prepare import load_prepared
 from skinlesion.training import model_logits
@@ -30,6 +30,13 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
     assert not np.allclose(members[0], members[1], atol=1e-3)  # two different networks
     combined = np.exp(model_logits(tmp_path / "both" / "model.pt", pixels)[0])
     assert np.allclose(combined, np.mean(members, axis=0), atol=1e-5)
+    # The recorded calibrated score is honest: calibration fitted on one half of validation, scored on the other.
+    prepared = load_prepared(prepared32)
+    val = prepared.split("val")
+    val_logits = model_logits(tmp_path / "both" / "model.pt", prepared.pixels[val["cache_row"].to_numpy()])[0]
+    y_true = val["label"].map({c: i for i, c in enumerate(meta["classes"])}).to_numpy()
+    assert meta["val_bacc_calibrated"] == cross_fitted_balanced_accuracy(val_logits, y_true)
+    assert f"{meta['val_bacc_calibrated']:.4f} (calibrated" in result.output
 
     evaluated = CliRunner().invoke(main, ["evaluate", str(tmp_path / "both"), "--data", str(prepared32),
                                           "--split", "val"])
@@ -42,6 +49,7 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
     assert "ensemble of 2 mobilenet_v2" in text and f"`{first / 'model.pt'}`" in text and "float16 weights" in text
     assert "## Validation split" in text  # the ensemble's own evaluation travels with it
     assert "This file, with float16 weights, scores validation balanced accuracy" in text
+    assert f"after it {meta['val_bacc_calibrated']:.3f} (calibration fitted on one half" in text
 
     from skinlesion.predict import Predictor
     probs, maps = Predictor(tmp_path / "both.onnx").run(np.asarray(pixels))

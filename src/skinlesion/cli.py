@@ -180,7 +180,7 @@ def ensemble(runs, out_dir, prepared_dir, views):
     out, scores = fail_cleanly(lambda: build_ensemble(list(runs), out_dir, prepared_dir, int(views)))
     members = "  ".join(f"{score:.4f}" for score in scores["members_val_bacc"])
     click.echo(f"validation balanced accuracy: ensemble {scores['val_bacc']:.4f} (top class), "
-               f"{scores['val_bacc_calibrated']:.4f} (calibrated for equally common classes, fitted on it); "
+               f"{scores['val_bacc_calibrated']:.4f} (calibrated for equally common classes, cross-fitted on halves); "
                f"members' best epochs {members}")
     click.echo(f"model written to {out}")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion.evaluate import balanced_accuracy, fit_calibration, resolve_model
+from skinlesion.evaluate import balanced_accuracy, cross_fitted_balanced_accuracy, fit_calibration, resolve_model
 from skinlesion.models import MODEL_FORMAT, Ensemble, build_classifier, save_ensemble
 from skinlesion.prepare import load_prepared
 from skinlesion.training import check_held_out, predict_logits
@@ -46,11 +46,11 @@ def build_ensemble(runs: list[Path], out_dir: Path, prepared_dir: Path | None = 
     temperature, class_bias = fit_calibration(mean_log, y_true)
     scores = {"members_val_bacc": [m.get("val_bacc", float("nan")) for m in members],
               "val_bacc": balanced_accuracy(y_true, mean_log.argmax(1), len(first["classes"])),
-              "val_bacc_calibrated": balanced_accuracy(y_true, (mean_log / temperature + class_bias).argmax(1),
-                                                       len(first["classes"]))}
+              "val_bacc_calibrated": cross_fitted_balanced_accuracy(mean_log, y_true)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "model.pt"
     save_ensemble(members, out, views=views, temperature=temperature, class_bias=class_bias,
-                  extra={"val_bacc": scores["val_bacc"], "prepared": str(prepared.out_dir)})
+                  extra={"val_bacc": scores["val_bacc"], "val_bacc_calibrated": scores["val_bacc_calibrated"],
+                         "prepared": str(prepared.out_dir)})
     return out, scores

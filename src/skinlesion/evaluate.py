@@ -97,8 +97,13 @@ def class_balanced_weights(y_true: np.ndarray) -> np.ndarray:
     return 1.0 / np.bincount(y_true)[y_true]
 
 
+def calibrated_logits(logits: np.ndarray, temperature: float, class_bias=0.0) -> np.ndarray:
+    """The calibrated decision's scores: logits / T + class offsets (softmax of them are the shipped probabilities)."""
+    return logits / temperature + np.asarray(class_bias)
+
+
 def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature: float, bias=0.0) -> float:
-    probs = softmax(logits / temperature + bias)
+    probs = softmax(calibrated_logits(logits, temperature, bias))
     return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
 
 
@@ -135,7 +140,7 @@ def fit_calibration(logits: np.ndarray, y_true: np.ndarray, rounds: int = 5,
     for _ in range(rounds):
         temperature = fit_temperature(logits, y_true, bias)
         for _ in range(steps):  # gradient descent; the NLL's curvature in the offsets is at most 1/2
-            gradient = (softmax(logits / temperature + bias) - onehot).mean(axis=0)
+            gradient = (softmax(calibrated_logits(logits, temperature, bias)) - onehot).mean(axis=0)
             bias -= np.where(present, gradient, 0.0)
     balanced = bias - np.log(np.where(present, counts, 1) / len(y_true))
     return temperature, np.where(present, balanced, balanced[present].min())
@@ -159,14 +164,14 @@ def cross_fitted_balanced_accuracy(logits: np.ndarray, y_true: np.ndarray, halvi
         predicted = np.zeros(len(y_true), dtype=int)
         for part in (half, ~half):
             temperature, class_bias = fit_calibration(logits[~part], y_true[~part])
-            predicted[part] = (logits[part] / temperature + class_bias).argmax(axis=1)
+            predicted[part] = calibrated_logits(logits[part], temperature, class_bias).argmax(axis=1)
         scores.append(balanced_accuracy(y_true, predicted, k))
     return float(np.mean(scores))
 
 
 def calibrated(logits: np.ndarray, meta: dict) -> np.ndarray:
     """Return a saved model's probabilities: its temperature and class offsets (models.load_model's metadata)."""
-    return softmax(logits / meta["temperature"] + np.asarray(meta["class_bias"]))
+    return softmax(calibrated_logits(logits, meta["temperature"], meta["class_bias"]))
 
 
 def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:

@@ -138,6 +138,13 @@ def validation_scores(entry: dict) -> str:
     return text
 
 
+def after_calibration(card: dict) -> str:
+    """An ensemble's calibrated validation score, where it was recorded (ensembles built since it was)."""
+    if "val_bacc_calibrated" not in card:
+        return ""
+    return f", after it {card['val_bacc_calibrated']:.3f} (calibration fitted on one half, scored on the other)"
+
+
 def add_to_card(onnx_path: Path, key: str, value) -> None:
     """Add one entry to the metadata embedded in an exported model."""
     import onnx
@@ -169,7 +176,7 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
         lines.append(f"- {len(members)} network{'s' if len(members) > 1 else ''}{shown}; each network's probabilities "
                      f"are calibrated by its own temperature, averaged over networks and views, and the average "
                      f"calibrated as above. Validation balanced accuracy of the average before that calibration "
-                     f"{card['val_bacc']:.3f}. The members:")
+                     f"{card['val_bacc']:.3f}{after_calibration(card)}. The members:")
         for member in members:
             lines += [f"  - `{member['model']}`:"] + [f"    {line}" for line in recipe_lines(member)]
     else:
