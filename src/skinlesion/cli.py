@@ -6,6 +6,8 @@ import click
 import pandas as pd
 
 from skinlesion.classes import parse_codes
+from skinlesion.imaging import RESIZE_POLICIES
+from skinlesion.splits import PROTOCOLS, SPLITS
 
 
 def fail_cleanly(call):
@@ -34,13 +36,13 @@ def main():
 @click.option("--classes", default=None, help="Comma-separated class codes to keep (overrides the preset).")
 @click.option("--min-images", type=int, default=None, help="Drop classes with fewer images than this.")
 @click.option("--cap", type=int, default=None, help="Undersample larger classes to this many (0 = no cap).")
-@click.option("--protocol", default="lesion", show_default=True, type=click.Choice(["lesion", "paper"]),
+@click.option("--protocol", default="lesion", show_default=True, type=click.Choice(PROTOCOLS),
               help="lesion: split by lesion, then balance train; paper: balance, then split per image.")
 @click.option("--val-fraction", default=0.15, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--size", default=64, show_default=True, help="Cached image side in pixels.")
-@click.option("--resize", "policy", default="squash", show_default=True, type=click.Choice(["squash", "crop"]),
+@click.option("--resize", "policy", default="squash", show_default=True, type=click.Choice(RESIZE_POLICIES),
               help="squash: plain resize (the paper); crop: shorter side + centre crop.")
 @click.option("--workers", default=0, show_default=True, help="Decoding processes (0 = one per CPU).")
 @click.option("--no-merge-near-duplicates", is_flag=True,
@@ -143,7 +145,7 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
 @main.command()
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--data", "prepared_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Report folder (default: RUN/eval-SPLIT or next to the model).")
 def evaluate(model_path, prepared_dir, split, out_dir):

@@ -11,9 +11,8 @@ from torch import nn
 from skinlesion import __version__
 from skinlesion.evaluate import balanced_accuracy, calibrated, resolve_model
 from skinlesion.models import Classifier, Ensemble, load_model
+from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, load_prepared
-
-METADATA_KEY = "skinlesion"
 
 
 class ExportWrapper(nn.Module):
