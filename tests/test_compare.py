@@ -16,6 +16,7 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     text = report.read_text()
     assert "Research tool, not a diagnosis" in text and "| 1 | alexnet |" in text
     assert "inflation (points)" in text and "memorisation gain" in text and "80px" in text
+    assert "best validation balanced accuracy of the calibrated decision" in text and "--select calibrated" in text
     paper = results[results["protocol"] == "paper"].iloc[0]
     assert 0 < paper["test_leaked_share"] < 1 and paper["leak_classes"] >= 1
     for plot in ("recall", "confusion", "learning-curves", "cost"):

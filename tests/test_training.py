@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main
+from skinlesion.training import EpochLog
 
 
 def train_args(prepared, run, *extra):
@@ -32,6 +33,10 @@ def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_
     assert 0.05 < meta["temperature"] < 20
     # The kept epoch is the best by calibrated validation balanced accuracy, the decision the model ships with.
     assert meta["val_bacc_calibrated"] == pytest.approx(epochs["val_bacc_calibrated"].max(), abs=0.01)
+    # best.ckpt holds that epoch; last.ckpt the final one, whatever its score, so a resume loses nothing.
+    saved = {name: torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=False)["epoch"]
+             for name in ("best", "last")}
+    assert saved == {"best": epochs["val_bacc_calibrated"].idxmax(), "last": 3}
     # Evaluation on test writes the report; balanced accuracy beats chance (1/6) even after 4 short epochs.
     result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(prepared32), "--split", "test"])
     assert result.exit_code == 0, result.output
@@ -74,6 +79,15 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_pat
     # Chosen, across the interruption, by the score asked for: the raw top class here.
     assert meta["train_config"]["select"] == "top-class"
     assert meta["val_bacc"] == pytest.approx(epochs["val_bacc"].max(), abs=0.01)
+
+
+def test_the_epoch_log_gains_new_columns_when_an_older_run_resumes(tmp_path):
+    log = tmp_path / "epochs.csv"
+    log.write_text("epoch,train_loss,val_bacc\n0,1.5,0.3\n")  # written before val_bacc_calibrated existed
+    EpochLog(log).append({"epoch": 1, "train_loss": 1.2, "val_bacc": 0.4, "val_bacc_calibrated": 0.45})
+    epochs = pd.read_csv(log)
+    assert list(epochs.columns) == ["epoch", "train_loss", "val_bacc", "val_bacc_calibrated"]
+    assert list(epochs["val_bacc"]) == [0.3, 0.4] and epochs["val_bacc_calibrated"].isna().tolist() == [True, False]
 
 
 def test_training_errors_are_clean(prepared32, tmp_path):

@@ -20,6 +20,13 @@ def fail_cleanly(call):
         raise click.ClickException(str(error)) from None
 
 
+# train and compare: which validation score keeps a run's epoch (training.SELECT).
+select_option = click.option(
+    "--select", default="calibrated", show_default=True, type=click.Choice(["calibrated", "top-class"]),
+    help="Validation balanced accuracy that keeps the best epoch: of the calibrated decision (cross-fitted on halves "
+         "of validation), or of the raw top class (runs before 2026-11-27).")
+
+
 @click.group()
 @click.version_option(package_name="skinlesion")
 def main():
@@ -112,9 +119,7 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
 @click.option("--no-augment", is_flag=True)
 @click.option("--patience", default=8, show_default=True, help="Epochs without a better --select score before "
               "stopping.")
-@click.option("--select", default="calibrated", show_default=True, type=click.Choice(["calibrated", "top-class"]),
-              help="Validation balanced accuracy that keeps the best epoch: of the calibrated decision (cross-fitted "
-              "on halves of validation), or of the raw top class (runs before 2026-11-27).")
+@select_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--accelerator", default="auto", show_default=True, help="cpu, gpu or auto.")
 @click.option("--devices", default="auto", show_default=True, help="Devices per node; more than one uses DDP.")
@@ -272,7 +277,8 @@ def serve(host, port, workers, model_path, dev):
 @click.option("--extra-sizes", default="128", show_default=True, help="Sizes tried for the best model ('' for none).")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes, epochs, seed):
+@select_option
+def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes, epochs, seed, select):
     """Train and compare the four models under the lesion and the paper protocol; write a report."""
     import sys
 
@@ -285,7 +291,8 @@ def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes
         for name in names:
             model_spec(name)
         sizes = tuple(int(s) for s in extra_sizes.split(",") if s.strip())
-        config = CompareConfig(names, tuple(p.strip() for p in protocols.split(",")), size, sizes, epochs, 64, seed)
+        config = CompareConfig(names, tuple(p.strip() for p in protocols.split(",")), size, sizes, epochs, 64, seed,
+                               select)
         run_compare(data_dir, out_dir, config)
         return write_comparison_report(out_dir, report_path, "skinlesion " + " ".join(sys.argv[1:]))
 

@@ -25,6 +25,7 @@ class CompareConfig:
     epochs: int = 10  # sized so the whole comparison fits about two hours on 2 CPU cores
     batch_size: int = 64
     seed: int = 0
+    select: str = "calibrated"  # the validation score that keeps each run's epoch (training.SELECT)
 
 
 def prepared_dir(out: Path, protocol: str, size: int) -> Path:
@@ -43,7 +44,7 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
                 cache_dir=out / "cache")  # one pixel cache per size, shared by both protocols
     run = out / "runs" / f"{protocol}-{model}-{size}"
     train = TrainConfig(model=model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                        patience=config.epochs)
+                        patience=config.epochs, select=config.select)
     started = time.perf_counter()
     if not (run / "model.pt").exists():
         fit(data, run, train, resume=(run / "checkpoints" / "last.ckpt").exists(), progress=False)
@@ -59,7 +60,8 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
            "file_mb": (run / "model.pt").stat().st_size / 1e6, "cpu_latency_ms": cpu_latency_ms(network, size),
            **leakage, "epochs_trained": meta.get("epochs_trained"), "train_seconds_this_call": round(seconds),
            "command": f"skinlesion train --data {data} --model {model} --epochs {config.epochs} "
-                      f"--batch-size {config.batch_size} --seed {config.seed} --patience {config.epochs} --out {run}"}
+                      f"--batch-size {config.batch_size} --seed {config.seed} --patience {config.epochs} "
+                      f"--select {config.select} --out {run}"}
     print(f"{protocol:6s} {model:18s} {size:4d}px  val bacc {row['val_bacc']:.3f}  test bacc {row['test_bacc']:.3f}",
           flush=True)
     return row

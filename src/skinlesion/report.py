@@ -11,6 +11,8 @@ from skinlesion.evaluate import confusion_matrix, pyplot
 
 PAPER_ACCURACY = 0.97  # claimed, 64x64, balance-then-random-split
 GESSERT_BACC = 0.742  # best honest ISIC 2019 result: ensemble, full resolution, lesion-grouped CV
+SELECTION_SCORES = {"calibrated": "of the calibrated decision (calibration fitted on one half, scored on the other)",
+                    "top-class": "of the raw top class"}  # how each TrainConfig.select reads in a report
 
 
 def recall_columns(results: pd.DataFrame) -> list[str]:
@@ -55,7 +57,7 @@ def plot_confusions(out: Path, results: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_learning_curves(out: Path, results: pd.DataFrame, path: Path) -> None:
+def plot_learning_curves(out: Path, results: pd.DataFrame, path: Path, select: str) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, protocol in zip(axes, ("lesion", "paper")):
@@ -64,7 +66,8 @@ def plot_learning_curves(out: Path, results: pd.DataFrame, path: Path) -> None:
             if log.exists():
                 epochs = pd.read_csv(log)
                 # The score that chose the kept epoch; logs from before 2026-11-27 only have the raw top class.
-                score = epochs["val_bacc_calibrated" if "val_bacc_calibrated" in epochs else "val_bacc"]
+                calibrated = select == "calibrated" and "val_bacc_calibrated" in epochs
+                score = epochs["val_bacc_calibrated" if calibrated else "val_bacc"]
                 ax.plot(epochs["epoch"] + 1, score, marker=".", label=f"{row['model']} {row['size']}px")
         ax.set_title(f"{protocol} protocol: validation balanced accuracy (the selection score)", fontsize=9)
         ax.set_xlabel("epoch")
@@ -105,7 +108,8 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
              "curves": f"{stem.name}-learning-curves.png", "cost": f"{stem.name}-cost.png"}
     plot_recall(results, report.parent / plots["recall"])
     plot_confusions(out, results, report.parent / plots["confusion"])
-    plot_learning_curves(out, results, report.parent / plots["curves"])
+    select = config.get("select", "top-class")  # comparisons run before 2026-11-27 kept epochs by the top class
+    plot_learning_curves(out, results, report.parent / plots["curves"], select)
     plot_cost(results, report.parent / plots["cost"])
     size = config["size"]
     honest = results[(results["protocol"] == "lesion") & (results["size"] == size)].sort_values("val_bacc", ascending=False)
@@ -122,7 +126,10 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
         f"(the budget that lets the whole comparison fit about two hours on this machine; longer training would "
         f"raise every number). Data: the 12,922-image ISIC 2019 sample in `../shared/data/isic2019`, paper preset "
         f"(MEL NV BCC AK BKL SCC, training classes undersampled to at most 867), {size}x{size} squashed inputs, seed "
-        f"{config['seed']}. Balanced accuracy is the mean per-class recall, the official ISIC 2019 metric.",
+        f"{config['seed']}. Balanced accuracy is the mean per-class recall, the official ISIC 2019 metric. Each run "
+        f"keeps the epoch with the best validation balanced accuracy {SELECTION_SCORES[select]}; its probabilities "
+        f"are then calibrated on validation for equally common classes (a temperature and one offset per class, as "
+        f"for the bundled model), so validation numbers are optimistic and test numbers are not.",
         "",
         "## Ranking (lesion-grouped protocol: trustworthy)",
         "",

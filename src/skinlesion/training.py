@@ -147,20 +147,27 @@ class EpochLog(L.Callback):
 
     def on_train_start(self, trainer, system):
         # On resume, forget rows of epochs that the checkpoint does not hold (killed before it was saved).
-        if self.path.exists() and trainer.is_global_zero:
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
-            self.path.unlink()
-            for row in rows:
-                self.append(row)
+        if trainer.is_global_zero:
+            self.write([r for r in self.read() if int(r["epoch"]) < trainer.current_epoch])
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, rows: list[dict]) -> None:
+        """Rewrite the whole (small) log, so a log from an older version gains new columns cleanly."""
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        partial = self.path.with_suffix(".partial")
+        with partial.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        partial.replace(self.path)  # atomic: a power cut leaves the old log or the new one
 
     def append(self, row: dict) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self.write(self.read() + [row])
 
     def on_train_epoch_start(self, trainer, system):
         self.started = time.perf_counter()
@@ -195,13 +202,16 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     if config.init and not resume:
         start_from(system.model, Path(config.init), config.model, prepared)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", mode="max",
-                                                      monitor=SELECT[config.select], save_last=True)
+                                                      monitor=SELECT[config.select])
+    # Every epoch, whatever its score, so --resume loses no finished epoch (Lightning's save_last only writes
+    # when the best checkpoint does).
+    latest = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="last")
     stopper = L.pytorch.callbacks.EarlyStopping(SELECT[config.select], mode="max", patience=config.patience)
     devices = int(config.devices) if config.devices.isdigit() else config.devices
     distributed = (isinstance(devices, int) and devices > 1) or config.num_nodes > 1
     trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=devices,
                         num_nodes=config.num_nodes, strategy="ddp" if distributed else "auto",
-                        callbacks=[checkpoints, stopper, EpochLog(run_dir / "epochs.csv")], logger=False,
+                        callbacks=[checkpoints, latest, stopper, EpochLog(run_dir / "epochs.csv")], logger=False,
                         enable_progress_bar=progress, enable_model_summary=False,
                         limit_train_batches=config.limit_train_batches, num_sanity_val_steps=0)
     (run_dir / "train_config.json").write_text(json.dumps({"prepared": str(prepared_dir), **asdict(config)}, indent=1))
