@@ -1,4 +1,7 @@
+from dataclasses import replace
+
 import pandas as pd
+import pytest
 
 from skinlesion.compare import CompareConfig, compare, leakage_effect
 from skinlesion.report import write_comparison_report
@@ -24,6 +27,9 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     # Resumable: a second call trains nothing and gives the same numbers.
     again = compare(shared_data, tmp_path / "cmp", config)
     pd.testing.assert_series_equal(again["test_bacc"], results["test_bacc"])
+    # Runs whose epochs were kept by another score are not mixed into a report.
+    with pytest.raises(ValueError, match="kept its epoch by --select calibrated, not top-class"):
+        compare(shared_data, tmp_path / "cmp", replace(config, select="top-class"))
 
 
 def write_csv(path, rows):

@@ -49,9 +49,15 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
     if not (run / "model.pt").exists():
         fit(data, run, train, resume=(run / "checkpoints" / "last.ckpt").exists(), progress=False)
     seconds = time.perf_counter() - started
+    network, meta = load_model(run / "model.pt")
+    if "val_bacc_calibrated" not in meta:  # older runs: no class offsets, epochs kept by the top class
+        raise ValueError(f"{run}: trained before 2026-11-27, without calibration for equally common classes; "
+                         f"compare into a new --out")
+    if meta["train_config"]["select"] != config.select:
+        raise ValueError(f"{run}: kept its epoch by --select {meta['train_config']['select']}, not {config.select}; "
+                         f"compare into a new --out")
     val, _ = evaluate_model(run, data, "val")
     test, _ = evaluate_model(run, data, "test")
-    network, meta = load_model(run / "model.pt")
     leakage = leakage_effect(data, run / "eval-test") if protocol == "paper" else {}
     row = {"model": model, "protocol": protocol, "size": size, "val_bacc": val["balanced_accuracy"],
            "test_bacc": test["balanced_accuracy"], "test_accuracy": test["accuracy"], "test_macro_auc": test["macro_auc"],
