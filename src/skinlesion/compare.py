@@ -53,9 +53,9 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
     if "val_bacc_calibrated" not in meta:  # older runs: no class offsets, epochs kept by the top class
         raise ValueError(f"{run}: trained before 2026-11-27, without calibration for equally common classes; "
                          f"compare into a new --out")
-    if meta["train_config"]["select"] != config.select:
-        raise ValueError(f"{run}: kept its epoch by --select {meta['train_config']['select']}, not {config.select}; "
-                         f"compare into a new --out")
+    kept_by = meta["train_config"].get("select", "calibrated")  # calibrated runs from before --select existed
+    if kept_by != config.select:
+        raise ValueError(f"{run}: kept its epoch by --select {kept_by}, not {config.select}; compare into a new --out")
     val, _ = evaluate_model(run, data, "val")
     test, _ = evaluate_model(run, data, "test")
     leakage = leakage_effect(data, run / "eval-test") if protocol == "paper" else {}

@@ -147,7 +147,7 @@ class EpochLog(L.Callback):
 
     def on_train_start(self, trainer, system):
         # On resume, forget rows of epochs that the checkpoint does not hold (killed before it was saved).
-        if trainer.is_global_zero:
+        if self.path.exists() and trainer.is_global_zero:
             self.write([r for r in self.read() if int(r["epoch"]) < trainer.current_epoch])
 
     def read(self) -> list[dict]:
