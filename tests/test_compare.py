@@ -17,7 +17,7 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     assert splits[0].equals(splits[1])  # every size is scored on the same test images
     report = write_comparison_report(tmp_path / "cmp", tmp_path / "docs" / "comparison.md", "skinlesion compare ...")
     text = report.read_text()
-    assert "Research tool, not a diagnosis" in text and "| 1 | alexnet |" in text
+    assert "Research tool, not a diagnosis" in text and "| 1 | alexnet |" in text and "classes weighted equally" in text
     assert "inflation (points)" in text and "memorisation gain" in text and "80px" in text
     assert "best validation balanced accuracy of the calibrated decision" in text and "--select calibrated" in text
     paper = results[results["protocol"] == "paper"].iloc[0]
