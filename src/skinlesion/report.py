@@ -128,10 +128,10 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
         "",
         f"Generated {date.today().isoformat()} by `{command}` on 2 CPU cores; {config['epochs']} epochs per model "
         f"(`--epochs`; the default 10 lets the whole four-model comparison fit about two hours on this machine; "
-        f"longer training would raise every number). Data: the 12,922-image ISIC 2019 sample in `../shared/data/isic2019`, paper preset "
-        f"(MEL NV BCC AK BKL SCC, training classes undersampled to at most 867), {size}x{size} squashed inputs, seed "
-        f"{config['seed']}. Balanced accuracy is the mean per-class recall, the official ISIC 2019 metric. Each run "
-        f"keeps the epoch with the best validation balanced accuracy {SELECTION_SCORES[select]}; its probabilities "
+        f"longer training would raise every number). Data: the 12,922-image ISIC 2019 sample in "
+        f"`../shared/data/isic2019`, paper preset (MEL NV BCC AK BKL SCC, training classes undersampled to at most "
+        f"867), {size}x{size} squashed inputs, seed {config['seed']}. Balanced accuracy is the mean per-class "
+        f"recall, the official ISIC 2019 metric. Each run keeps the epoch with the best validation balanced accuracy {SELECTION_SCORES[select]}; its probabilities "
         f"are then calibrated on validation for equally common classes (a temperature and one offset per class, as "
         f"for the bundled model), so validation numbers are optimistic and test numbers are not.",
         "",
@@ -148,8 +148,9 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
     for rank, (_, r) in enumerate(honest.iterrows(), 1):
         lines.append(f"| {rank} | {r['model']} | {percent(r['val_bacc'])} | **{percent(r['test_bacc'])}** | "
                      + " | ".join(percent(r[c]) for c in recalls)
-                     + f" | {percent(r['test_accuracy'])} | {r['test_macro_auc']:.3f} | {r['test_ece_class_balanced']:.3f} | "
-                       f"{r['params_m']:.1f} | {r['file_mb']:.1f} | {r['cpu_latency_ms']:.1f} |")
+                     + f" | {percent(r['test_accuracy'])} | {r['test_macro_auc']:.3f} | "
+                       f"{r['test_ece_class_balanced']:.3f} | {r['params_m']:.1f} | {r['file_mb']:.1f} | "
+                       f"{r['cpu_latency_ms']:.1f} |")
     lines += ["", f"![per-class recall]({plots['recall']})", "", f"![confusion matrices]({plots['confusion']})", "",
               "## How much the paper's protocol inflates the result", "",
               "The paper balances first and then splits single images at random, so photos of one lesion land in "
