@@ -3,6 +3,7 @@ import torch
 from click.testing import CliRunner
 
 from skinlesion.cli import main
+from skinlesion.ensemble import ENSEMBLE_HALVINGS
 from skinlesion.evaluate import cross_fitted_balanced_accuracy, softmax
 from skinlesion.models import Ensemble, load_model
 from skinlesion.prepare import load_prepared
@@ -35,7 +36,7 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
     val = prepared.split("val")
     val_logits = model_logits(tmp_path / "both" / "model.pt", prepared.pixels[val["cache_row"].to_numpy()])[0]
     y_true = val["label"].map({c: i for i, c in enumerate(meta["classes"])}).to_numpy()
-    assert meta["val_bacc_calibrated"] == cross_fitted_balanced_accuracy(val_logits, y_true)
+    assert meta["val_bacc_calibrated"] == cross_fitted_balanced_accuracy(val_logits, y_true, halvings=ENSEMBLE_HALVINGS)
     assert f"{meta['val_bacc_calibrated']:.4f} (calibrated" in result.output
 
     evaluated = CliRunner().invoke(main, ["evaluate", str(tmp_path / "both"), "--data", str(prepared32),
