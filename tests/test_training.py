@@ -143,3 +143,24 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
     result = CliRunner().invoke(main, train_args(same, tmp_path / "fourth", "--model", "resnet50",
                                                  "--init", first / "model.pt"))
     assert result.exit_code == 1 and "cannot start a resnet50" in result.output
+
+
+def test_mixup_and_averaged_weights_train_and_the_average_is_what_ships(prepared32, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 2, "--limit-train-batches", 15,
+                                                 "--lr", 0.005, "--mixup", 0.4, "--ema", 0.9))
+    assert result.exit_code == 0, result.output
+    import torch
+    from skinlesion.models import load_model
+    model, meta = load_model(run / "model.pt")
+    assert (meta["train_config"]["mixup"], meta["train_config"]["ema"]) == (0.4, 0.9)
+    state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    kept = model.state_dict()
+    # The shipped weights are the moving average (BatchNorm statistics included), not the last raw weights.
+    assert all(torch.equal(kept[k], state[f"ema.module.{k}"]) for k in kept)
+    assert any(not torch.equal(kept[k], state[f"model.{k}"]) for k in kept if kept[k].is_floating_point())
+    epochs = pd.read_csv(run / "epochs.csv")
+    assert meta["val_bacc_calibrated"] == pytest.approx(epochs["val_bacc_calibrated"].max(), abs=0.01)
+    for option, value, problem in (("--mixup", -1, "mixup must be 0"), ("--ema", 1, "ema must be 0")):
+        bad = CliRunner().invoke(main, train_args(prepared32, tmp_path / "bad", option, value))
+        assert bad.exit_code == 1 and problem in bad.output, bad.output

@@ -127,10 +127,14 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
 @click.option("--limit-train-batches", default=1.0, show_default=True, help="Fraction (or count) of batches.")
 @click.option("--init", "init_model", type=click.Path(path_type=Path), default=None,
               help="Start from this model.pt (same model and classes, e.g. trained at a smaller size).")
+@click.option("--mixup", default=0.0, show_default=True, help="Blend pairs of training images and their labels "
+              "(Beta concentration, e.g. 0.2); 0 = off.")
+@click.option("--ema", default=0.0, show_default=True, help="Validate and keep an exponential moving average of "
+              "the weights with this decay per batch (e.g. 0.995); 0 = off.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
           imbalance, no_pretrained, no_augment, patience, select, seed, accelerator, devices, num_nodes,
-          limit_train_batches, init_model, resume):
+          limit_train_batches, init_model, mixup, ema, resume):
     """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
     from skinlesion.models import model_spec
     from skinlesion.training import TrainConfig, fit
@@ -140,7 +144,7 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
-                             num_nodes, limit, str(init_model or ""), select)
+                             num_nodes, limit, str(init_model or ""), select, mixup, ema)
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from skinlesion.evaluate import balanced_accuracy, cross_fitted_balanced_accuracy, fit_calibration
@@ -48,12 +49,18 @@ class TrainConfig:
     limit_train_batches: float = 1.0  # fraction (or count, if > 1) of batches per epoch; for quick checks
     init: str = ""  # a model.pt to start from (e.g. the same network trained at a smaller size)
     select: str = "calibrated"  # a key of SELECT
+    mixup: float = 0.0  # Beta(a, a) concentration for blending pairs of training images; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept; 0 = off
 
     def __post_init__(self):
         if self.imbalance not in IMBALANCE:
             raise ValueError(f"unknown imbalance option {self.imbalance!r}; choose from {', '.join(IMBALANCE)}")
         if self.select not in SELECT:
             raise ValueError(f"unknown selection {self.select!r}; choose from {', '.join(SELECT)}")
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be 0 (off) or positive, got {self.mixup}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be 0 (off) or a decay below 1, got {self.ema}")
 
 
 class PreparedData(L.LightningDataModule):
@@ -102,7 +109,15 @@ class LesionSystem(L.LightningModule):
         self.train_preset = TrainPreset() if self.config.augment else EvalPreset()
         self.eval_preset = EvalPreset()
         self.register_buffer("loss_weights", torch.tensor(loss_weights) if loss_weights else None)
+        # The averaged weights (buffers too: BatchNorm statistics) are what validation scores and fit() keeps.
+        self.ema = None
+        if self.config.ema:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema), use_buffers=True)
+            self.ema.requires_grad_(False)
         self.val_outputs = []
+
+    def kept_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         pixels, labels = batch
@@ -111,14 +126,26 @@ class LesionSystem(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y, weight=self.loss_weights,
-                               label_smoothing=self.config.label_smoothing)
+        if not self.config.mixup:
+            loss = self.loss(self.model(x), y)
+        else:  # mixup: a blend of two images is trained toward the same blend of their labels
+            share = torch.distributions.Beta(self.config.mixup, self.config.mixup).sample().to(x.device)
+            partner = torch.randperm(len(x), device=x.device)
+            logits = self.model(share * x + (1 - share) * x[partner])
+            loss = share * self.loss(logits, y) + (1 - share) * self.loss(logits, y[partner])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def loss(self, logits, y):
+        return F.cross_entropy(logits, y, weight=self.loss_weights, label_smoothing=self.config.label_smoothing)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.model(x)
+        logits = self.kept_model()(x)
         self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
         self.val_outputs.append((logits.float(), y))
 
@@ -133,7 +160,7 @@ class LesionSystem(L.LightningModule):
         self.log("val_bacc_calibrated", cross_fitted_balanced_accuracy(logits, labels), prog_bar=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.config.lr,
                                                        total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -219,7 +246,7 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     if not trainer.is_global_zero:
         return run_dir / "model.pt"
     best = LesionSystem.load_from_checkpoint(checkpoints.best_model_path or last, map_location="cpu")
-    model = best.model.eval()
+    model = best.kept_model().eval()
     val = data.tensors("val")
     logits, y_val = predict_logits(model, val.tensors[0]), val.tensors[1].numpy()
     temperature, class_bias = fit_calibration(logits, y_val)
