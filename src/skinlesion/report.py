@@ -133,7 +133,8 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
         f"867), {size}x{size} squashed inputs, seed {config['seed']}. Balanced accuracy is the mean per-class "
         f"recall, the official ISIC 2019 metric. Each run keeps the epoch with the best validation balanced "
         f"accuracy {SELECTION_SCORES[select]}; its probabilities are then calibrated on validation for equally "
-        f"common classes (a temperature and one offset per class, as for the bundled model), so validation numbers are optimistic and test numbers are not.",
+        f"common classes (a temperature and one offset per class, as for the bundled model), so validation numbers "
+        f"are optimistic and test numbers are not.",
         "",
         "## Ranking (lesion-grouped protocol: trustworthy)",
         "",
