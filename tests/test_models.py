@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -62,3 +63,38 @@ def test_eight_views_make_an_ensemble_blind_to_turns_and_mirrors():
         assert not torch.allclose(one_view(view(pixels, 1, False)), one_view(pixels), atol=1e-3)
     with pytest.raises(ValueError, match="views must be one of 1, 2, 4, 8"):
         Ensemble(members, [1.0, 1.0], views=3)
+
+
+def test_color_constancy_removes_a_colour_cast_and_travels_with_the_saved_model_into_onnx(prepared32, tmp_path):
+    from skinlesion.export import export_onnx
+    from skinlesion.models import shades_of_gray
+    from skinlesion.prepare import load_prepared
+
+    pixels = np.asarray(load_prepared(prepared32).pixels[:8])  # real photos, (N, 32, 32, 3) uint8
+    photos = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    cast = photos * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1)  # the same photos under a warmer light
+    greyed, greyed_cast = shades_of_gray(photos, 6), shades_of_gray(cast, 6)
+
+    def colour(images):  # each pixel's share of red, green and blue, where no channel is clipped at 255
+        return (images / images.sum(1, keepdim=True).clamp_min(1)).permute(0, 2, 3, 1)[unclipped]
+
+    # Greyed, the two differ in brightness only: every pixel keeps its colour, where the raw photos' differ.
+    unclipped = ((greyed < 254) & (greyed_cast < 254)).all(1)
+    assert unclipped.float().mean() > 0.5
+    assert (colour(greyed_cast) - colour(greyed)).abs().max() < 0.01
+    assert (colour(cast) - colour(photos)).abs().mean() > 0.05
+
+    torch.manual_seed(0)
+    pixels = np.ascontiguousarray(pixels.repeat(2, axis=1).repeat(2, axis=2))  # 64 px, AlexNet's least
+    photos = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    model = create_model("alexnet", num_classes=6, color_constancy=6).eval()  # no batch norm: lively features
+    plain = create_model("alexnet", num_classes=6).eval()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(photos), plain(photos), atol=1e-4)  # the greying is part of the network
+    path = tmp_path / "m.pt"
+    save_model(model, path, name="alexnet", classes=list("ABCDEF"), size=64, policy="squash", width=1.0,
+               dropout=0.2, temperature=1.0)
+    loaded, meta = load_model(path)
+    assert meta["color_constancy"] == 6 and torch.allclose(loaded(photos), model(photos), atol=1e-4)
+    report = export_onnx(loaded, meta, path, tmp_path / "m.onnx", pixels)
+    assert report["parity_max_abs_diff"] < 1e-3  # export_onnx also raises above its limit

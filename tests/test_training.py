@@ -161,6 +161,7 @@ def test_mixup_and_averaged_weights_train_and_the_average_is_what_ships(prepared
     assert any(not torch.equal(kept[k], state[f"model.{k}"]) for k in kept if kept[k].is_floating_point())
     epochs = pd.read_csv(run / "epochs.csv")
     assert meta["val_bacc_calibrated"] == pytest.approx(epochs["val_bacc_calibrated"].max(), abs=0.01)
-    for option, value, problem in (("--mixup", -1, "mixup must be 0"), ("--ema", 1, "ema must be 0")):
+    for option, value, problem in (("--mixup", -1, "mixup must be 0"), ("--ema", 1, "ema must be 0"),
+                                   ("--color-constancy", 0.5, "color_constancy must be 0")):
         bad = CliRunner().invoke(main, train_args(prepared32, tmp_path / "bad", option, value))
         assert bad.exit_code == 1 and problem in bad.output, bad.output

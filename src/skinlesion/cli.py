@@ -131,10 +131,12 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
               "(Beta concentration, e.g. 0.2); 0 = off.")
 @click.option("--ema", default=0.0, show_default=True, help="Validate and keep an exponential moving average of "
               "the weights with this decay per batch (e.g. 0.995); 0 = off.")
+@click.option("--color-constancy", default=0.0, show_default=True, help="Grey the light of every photo inside the "
+              "network (shades of gray with this power, e.g. 6), so training and serving do the same; 0 = off.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
           imbalance, no_pretrained, no_augment, patience, select, seed, accelerator, devices, num_nodes,
-          limit_train_batches, init_model, mixup, ema, resume):
+          limit_train_batches, init_model, mixup, ema, color_constancy, resume):
     """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
     from skinlesion.models import model_spec
     from skinlesion.training import TrainConfig, fit
@@ -144,7 +146,8 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
-                             num_nodes, limit, str(init_model or ""), select, mixup, ema)
+                             num_nodes, limit, str(init_model or ""), select, mixup, ema,
+                             color_constancy)
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

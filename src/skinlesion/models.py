@@ -67,11 +67,22 @@ def model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
 
 
+def shades_of_gray(pixels: torch.Tensor, power: float) -> torch.Tensor:
+    """Shades-of-gray colour constancy (Finlayson and Trezzi 2004; used by the ISIC 2019 winners): take each
+    image's light as the Minkowski p-mean of each channel and rescale the channels so that light is gray.
+    Float pixels (B, 3, H, W) in 0..255 in and out."""
+    light = (pixels / 255).clamp_min(0).pow(power).mean(dim=(2, 3), keepdim=True).pow(1 / power)  # (B, 3, 1, 1)
+    gain = light.norm(dim=1, keepdim=True) / (light * 3 ** 0.5).clamp_min(1e-6)
+    return (pixels * gain).clamp(0, 255)
+
+
 class Classifier(nn.Module):
     """Normalise 0..255 RGB input, run a trunk, pool globally, classify; CAMs come for free."""
 
-    def __init__(self, trunk: nn.Module, channels: int, num_classes: int, mean, std, dropout: float):
+    def __init__(self, trunk: nn.Module, channels: int, num_classes: int, mean, std, dropout: float,
+                 color_constancy: float = 0.0):
         super().__init__()
+        self.color_constancy = color_constancy  # shades-of-gray power; 0 = colours as photographed
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.trunk = trunk
@@ -80,6 +91,8 @@ class Classifier(nn.Module):
 
     def forward_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits (B, K), feature map (B, C, h, w)) for float pixels (B, 3, H, W) in 0..255."""
+        if self.color_constancy:
+            pixels = shades_of_gray(pixels, self.color_constancy)
         features = self.trunk((pixels - self.mean) / self.std)
         logits = self.fc(self.dropout(features.mean(dim=(2, 3))))
         return logits, features
@@ -93,11 +106,11 @@ class Classifier(nn.Module):
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = True, width: float = 1.0,
-                 dropout: float = 0.2) -> Classifier:
+                 dropout: float = 0.2, color_constancy: float = 0.0) -> Classifier:
     """Build a registered model; pretrained weights are used where they exist offline."""
     spec = model_spec(name)
     trunk, channels = spec.build_trunk(pretrained and spec.pretrained, width)
-    return Classifier(trunk, channels, num_classes, spec.mean, spec.std, dropout)
+    return Classifier(trunk, channels, num_classes, spec.mean, spec.std, dropout, color_constancy)
 
 
 # The eight symmetries of the square as (quarter turns, mirror), ordered so that the first 1, 2 and 4 form a
@@ -168,6 +181,7 @@ def save_model(model: Classifier, path, *, name: str, classes, size: int, policy
     spec = model_spec(name)
     torch.save({
         "format": MODEL_FORMAT, "arch": name, "width": width, "dropout": dropout,
+        "color_constancy": model.color_constancy,
         "classes": list(classes), "size": size, "policy": policy,
         "mean": list(spec.mean), "std": list(spec.std), "temperature": float(temperature),
         "class_bias": [float(b) for b in (class_bias if class_bias is not None else [0.0] * len(classes))],
@@ -188,7 +202,7 @@ def save_ensemble(members: list[dict], path, *, views: int, temperature: float, 
 
 def build_classifier(meta: dict) -> Classifier:
     model = create_model(meta["arch"], len(meta["classes"]), pretrained=False, width=meta["width"],
-                         dropout=meta["dropout"])
+                         dropout=meta["dropout"], color_constancy=meta.get("color_constancy", 0.0))
     model.load_state_dict(meta.pop("state_dict"))  # the weights now live in the model only
     return model
 

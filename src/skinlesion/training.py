@@ -51,6 +51,7 @@ class TrainConfig:
     select: str = "calibrated"  # a key of SELECT
     mixup: float = 0.0  # Beta(a, a) concentration for blending pairs of training images; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept; 0 = off
+    color_constancy: float = 0.0  # shades-of-gray power inside the network (6 as the ISIC 2019 winners); 0 = off
 
     def __post_init__(self):
         if self.imbalance not in IMBALANCE:
@@ -61,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"mixup must be 0 (off) or positive, got {self.mixup}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be 0 (off) or a decay below 1, got {self.ema}")
+        if self.color_constancy and self.color_constancy < 1:
+            raise ValueError(f"color_constancy must be 0 (off) or a power of at least 1, got {self.color_constancy}")
 
 
 class PreparedData(L.LightningDataModule):
@@ -105,7 +108,7 @@ class LesionSystem(L.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig(**config)
         self.model = create_model(self.config.model, len(classes), self.config.pretrained, self.config.width,
-                                  self.config.dropout).to(memory_format=torch.channels_last)
+                                  self.config.dropout, self.config.color_constancy).to(memory_format=torch.channels_last)
         self.train_preset = TrainPreset() if self.config.augment else EvalPreset()
         self.eval_preset = EvalPreset()
         self.register_buffer("loss_weights", torch.tensor(loss_weights) if loss_weights else None)
