@@ -74,13 +74,13 @@ def test_color_constancy_removes_a_colour_cast_and_travels_with_the_saved_model_
     photos = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
     cast = photos * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1)  # the same photos under a warmer light
     greyed, greyed_cast = shades_of_gray(photos, 6), shades_of_gray(cast, 6)
+    unclipped = ((greyed < 254) & (greyed_cast < 254)).all(1)
+    assert unclipped.float().mean() > 0.5
 
     def colour(images):  # each pixel's share of red, green and blue, where no channel is clipped at 255
         return (images / images.sum(1, keepdim=True).clamp_min(1)).permute(0, 2, 3, 1)[unclipped]
 
     # Greyed, the two differ in brightness only: every pixel keeps its colour, where the raw photos' differ.
-    unclipped = ((greyed < 254) & (greyed_cast < 254)).all(1)
-    assert unclipped.float().mean() > 0.5
     assert (colour(greyed_cast) - colour(greyed)).abs().max() < 0.01
     assert (colour(cast) - colour(photos)).abs().mean() > 0.05
 

@@ -146,8 +146,7 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
-                             num_nodes, limit, str(init_model or ""), select, mixup, ema,
-                             color_constancy)
+                             num_nodes, limit, str(init_model or ""), select, mixup, ema, color_constancy)
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

@@ -108,7 +108,8 @@ class LesionSystem(L.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig(**config)
         self.model = create_model(self.config.model, len(classes), self.config.pretrained, self.config.width,
-                                  self.config.dropout, self.config.color_constancy).to(memory_format=torch.channels_last)
+                                  self.config.dropout, self.config.color_constancy)
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.train_preset = TrainPreset() if self.config.augment else EvalPreset()
         self.eval_preset = EvalPreset()
         self.register_buffer("loss_weights", torch.tensor(loss_weights) if loss_weights else None)
