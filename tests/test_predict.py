@@ -1,5 +1,6 @@
 import base64
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from skinlesion.cli import main
-from skinlesion.isic import IMAGE_DIR
+from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
 from skinlesion.predict import Predictor
 
 
@@ -35,6 +36,27 @@ def test_predict_folder_writes_an_isic_submission_and_reports_skips(tiny_onnx, i
     assert frame.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
     assert "skipped" in result.output and "notes.txt: not an image file" in result.output
     assert "broken.jpg: not a readable image" in result.output
+
+
+def test_predict_writes_isic_2018_classes_that_the_official_scorer_accepts(tiny_onnx, small_layout, tmp_path):
+    folder, runs = small_layout / IMAGE_DIR, {}
+    for name in ("isic2019", "isic2018"):
+        runs[name] = tmp_path / f"{name}.csv"
+        args = ["predict", str(folder), "--model", str(tiny_onnx), "--output", str(runs[name]), "--format", name]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    new, old = pd.read_csv(runs["isic2018"]), pd.read_csv(runs["isic2019"])
+    assert list(new.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert new.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
+    # AK and SCC merge into AKIEC at half their sum: seven classes stay equally likely a priori.
+    expected = old.assign(AKIEC=(old["AK"] + old["SCC"]) / 2)[new.columns[1:]]
+    assert new.iloc[:, 1:].to_numpy() == pytest.approx(expected.div(expected.sum(axis=1), axis=0).to_numpy(), abs=1e-5)
+    truth = pd.read_csv(small_layout / GROUND_TRUTH_CSV).set_index("image")
+    truth["AKIEC"] = truth["AK"] + truth["SCC"]
+    truth[["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]].to_csv(tmp_path / "truth2018.csv")
+    out = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification", str(tmp_path / "truth2018.csv"),
+                          str(runs["isic2018"])], capture_output=True, text=True, check=True).stdout
+    assert 0 <= json.loads(out)["aggregate"]["balanced_accuracy"] <= 1
 
 
 def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):

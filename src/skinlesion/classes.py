@@ -25,6 +25,10 @@ BY_CODE = {c.code: c for c in CLASSES}
 # The official ground truth has a ninth column for the challenge's "unknown" test class;
 # no training image carries it.
 UNKNOWN_CODE = "UNK"
+# ISIC 2018 (task 3, HAM10000) had seven classes: its AKIEC, actinic keratosis or intraepithelial carcinoma
+# (Bowen's disease), became AK and SCC in 2019. Its test set is the usual external benchmark.
+ISIC2018_CODES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+ISIC2018_MERGED = {"AKIEC": ("AK", "SCC")}
 
 
 def lesion_class(code: str) -> LesionClass:

@@ -229,21 +229,27 @@ def export(model_path, out, prepared_dir, fp16, card_path):
               help="An .onnx file from 'skinlesion export' (default: the bundled model).")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Write an ISIC submission CSV (image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC) instead of a table.")
+@click.option("--format", "output_format", type=click.Choice(["isic2019", "isic2018"]), default="isic2019",
+              show_default=True, help="Classes of the --output CSV; isic2018: MEL,NV,BCC,AKIEC,BKL,DF,VASC.")
 @click.option("--batch-size", default=32, show_default=True)
-def predict(inputs, model_path, output, batch_size):
+def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
-    from skinlesion.classes import BY_CODE, CODES
+    from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES
     from skinlesion.predict import Predictor, image_files
 
+    predictor = fail_cleanly(lambda: Predictor(model_path))
+
     def run():
-        predictor = Predictor(model_path)
         files, problems = image_files(list(inputs))
         rows, failed = predictor.predict_files(files, batch_size)
         return rows, problems + failed
 
     rows, problems = fail_cleanly(run)
     if output:
-        frame = pd.DataFrame([{"image": name, **probs} for name, probs in rows], columns=["image", *CODES])
+        columns = CODES
+        if output_format == "isic2018":
+            rows, columns = [(name, predictor.as_isic2018(probs)) for name, probs in rows], ISIC2018_CODES
+        frame = pd.DataFrame([{"image": name, **probs} for name, probs in rows], columns=["image", *columns])
         frame.to_csv(output, index=False, float_format="%.6f")
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:

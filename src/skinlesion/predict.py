@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skinlesion.classes import BY_CODE, CODES
+from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
 from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, open_rgb, resize
 
@@ -62,6 +62,19 @@ class Predictor:
     def all_codes(self, probs: np.ndarray) -> dict:
         """Spread the model's probabilities over every ISIC class (0.0 where the model has none)."""
         return {c: (float(probs[self.classes.index(c)]) if c in self.classes else 0.0) for c in CODES}
+
+    def as_isic2018(self, probabilities: dict) -> dict:
+        """Turn probabilities over the ISIC 2019 classes into ISIC 2018's seven (AKIEC = AK or SCC).
+
+        The model's probabilities hold for equally common classes; merged, AKIEC would be as common as
+        the two classes it covers together, so its sum is divided by how many of them the model knows
+        (a change of prior that keeps the seven equally common, as ISIC 2018's balanced accuracy counts them).
+        """
+        merged = {code: sum(probabilities[c] for c in ISIC2018_MERGED.get(code, (code,))) for code in ISIC2018_CODES}
+        for code, parts in ISIC2018_MERGED.items():
+            merged[code] /= max(1, sum(c in self.classes for c in parts))
+        total = sum(merged.values())
+        return {code: p / total for code, p in merged.items()}
 
     def assess(self, source, heatmap: bool = False) -> Assessment:
         """Classify one image (bytes or path) as the web app shows it; refuse images it should not judge."""
