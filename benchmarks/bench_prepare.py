@@ -74,7 +74,8 @@ def main():
     args = parser.parse_args()
     compare(args.data, args.size, "whole sample")
     with tempfile.TemporaryDirectory() as tmp:
-        compare(full_resolution_layout(args.data, Path(tmp) / "isic"), args.size, "1024x768 stand-ins for the full-resolution set")
+        compare(full_resolution_layout(args.data, Path(tmp) / "isic"), args.size,
+                "1024x768 stand-ins for the full-resolution set")
 
 
 if __name__ == "__main__":

@@ -78,13 +78,15 @@ def main():
         labels = torch.tensor(train["label"].map(index).to_numpy())
         pixels = torch.from_numpy(np.ascontiguousarray(prepared.pixels[train["cache_row"].to_numpy()]))
         paths = [str(args.data / "ISIC_2019_Training_Input" / f"{i}.jpg") for i in train["image"]]
-        print(f"{args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps, {torch.get_num_threads()} threads")
+        print(f"{args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps, "
+              f"{torch.get_num_threads()} threads")
         for name in args.models.split(","):
             model = create_model(name, len(prepared.classes), pretrained=False)
             slow = naive(model, paths, labels, args.size, args.steps, args.batch)
             fast = ours(create_model(name, len(prepared.classes), pretrained=False), pixels, labels, args.steps,
                         args.batch)
-            print(f"{name:18s} naive {slow:6.0f} img/s   ours {fast:6.0f} img/s   speed-up {fast / slow:.1f}x", flush=True)
+            print(f"{name:18s} naive {slow:6.0f} img/s   ours {fast:6.0f} img/s   speed-up {fast / slow:.1f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def test_exact_copy_is_a_near_duplicate_and_other_lesions_are_not(shared_data):
     paths = sorted((shared_data / IMAGE_DIR).glob("ISIC_00245*.jpg"))[:20]
     import pandas as pd
     pixels = [load_pixels(p, 64, "squash") for p in paths]
-    hashes = [difference_hash(p) for p in pixels] + [difference_hash(np.clip(pixels[0] * 0.9 + 10, 0, 255).astype(np.uint8))]
+    brighter = np.clip(pixels[0] * 0.9 + 10, 0, 255).astype(np.uint8)
+    hashes = [difference_hash(p) for p in pixels] + [difference_hash(brighter)]
     index = pd.DataFrame({"image": [p.stem for p in paths] + ["copy"], "dhash": hashes, "problem": ""})
     assert near_duplicate_pairs(index) == [(paths[0].stem, "copy")]

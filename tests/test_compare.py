@@ -46,7 +46,8 @@ def test_leakage_effect_compares_leaked_and_clean_images_within_each_class(tmp_p
     ])
     write_csv(tmp_path / "truth.csv", [{"image": "b", "MEL": 1.0, "NV": 0.0}, {"image": "c", "MEL": 1.0, "NV": 0.0},
                                        {"image": "d", "MEL": 0.0, "NV": 1.0}])
-    write_csv(tmp_path / "predictions.csv", [{"image": "c", "MEL": 0.2, "NV": 0.8}, {"image": "b", "MEL": 0.9, "NV": 0.1},
+    write_csv(tmp_path / "predictions.csv", [{"image": "c", "MEL": 0.2, "NV": 0.8},
+                                             {"image": "b", "MEL": 0.9, "NV": 0.1},
                                              {"image": "d", "MEL": 0.1, "NV": 0.9}])
     effect = leakage_effect(tmp_path, tmp_path)
     assert effect["test_leaked_share"] == 1 / 3 and effect["leak_classes"] == 1

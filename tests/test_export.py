@@ -19,8 +19,8 @@ def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, 
     assert "parity with PyTorch on 64 real images" in result.output
     difference = float(result.output.split("max |logit difference| ")[1].split()[0])
     assert 0 < difference < 5e-2  # float16 weights round, but barely
-    onnx_bacc, torch_bacc = (float(x) for x in
-                             result.output.split("validation balanced accuracy ")[1].split(" in PyTorch")[0].split(" vs "))
+    scores = result.output.split("validation balanced accuracy ")[1].split(" in PyTorch")[0]
+    onnx_bacc, torch_bacc = (float(x) for x in scores.split(" vs "))
     # The tiny network is near chance, so calibrated for equal classes its probabilities are near uniform and
     # its top class a coin toss; what float16 must keep is the score.
     assert abs(onnx_bacc - torch_bacc) < 0.02 and "same top class for" in result.output

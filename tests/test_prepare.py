@@ -69,7 +69,8 @@ def test_a_second_preparation_can_reuse_the_first_split(small_layout, tmp_path):
                        "--seed", 5).exit_code == 0
     assert not a["split"].equals(pd.read_csv(tmp_path / "c" / "splits.csv")["split"])
     a.iloc[1:].to_csv(tmp_path / "a" / "splits.csv", index=False)
-    result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--balance", "all", "--splits-from", tmp_path / "a")
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--balance", "all",
+                         "--splits-from", tmp_path / "a")
     assert result.exit_code == 1 and "has no split for 1 of these images" in result.output
     result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--splits-from", tmp_path / "nowhere")
     assert result.exit_code == 1 and "no manifest to take the split from" in result.output

@@ -114,7 +114,8 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
     from skinlesion.training import start_from
 
     first = tmp_path / "first"
-    assert CliRunner().invoke(main, train_args(prepared32, first, "--epochs", 1, "--limit-train-batches", 3)).exit_code == 0
+    args = train_args(prepared32, first, "--epochs", 1, "--limit-train-batches", 3)
+    assert CliRunner().invoke(main, args).exit_code == 0
 
     def prepared_with(split, name):
         prepare(shared_data, tmp_path / name, PrepareConfig(balance=BALANCE_PRESETS["paper"], split=split,

@@ -92,8 +92,8 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
         click.echo(f"dropped classes (too few images): {', '.join(summary['dropped_classes'])}")
     click.echo("images per class and split after balancing:")
     click.echo(pd.DataFrame(summary["counts_after"]).to_string())
-    click.echo(f"near-duplicate pairs: {summary['near_duplicate_pairs']}, "
-               f"across splits: {summary['near_duplicate_pairs_across_splits']} (see {out_dir / 'near_duplicates.csv'})")
+    click.echo(f"near-duplicate pairs: {summary['near_duplicate_pairs']}, across splits: "
+               f"{summary['near_duplicate_pairs_across_splits']} (see {out_dir / 'near_duplicates.csv'})")
     click.echo(f"lesions with images in more than one split: {summary['lesions_across_splits']}")
     if summary["problems"]:
         click.echo(f"skipped {summary['problems']} problem rows or images (see {out_dir / 'problems.csv'})")

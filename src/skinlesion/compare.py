@@ -60,7 +60,8 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
     test, _ = evaluate_model(run, data, "test")
     leakage = leakage_effect(data, run / "eval-test") if protocol == "paper" else {}
     row = {"model": model, "protocol": protocol, "size": size, "val_bacc": val["balanced_accuracy"],
-           "test_bacc": test["balanced_accuracy"], "test_accuracy": test["accuracy"], "test_macro_auc": test["macro_auc"],
+           "test_bacc": test["balanced_accuracy"], "test_accuracy": test["accuracy"],
+           "test_macro_auc": test["macro_auc"],
            "test_ece": test["ece"], "test_ece_class_balanced": test["ece_class_balanced"],
            **{f"recall_{c}": r for c, r in test["recall"].items()},
            "params_m": sum(p.numel() for p in network.parameters()) / 1e6,

@@ -168,7 +168,8 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
              f"the model (mean {card['mean']}, std {card['std']})",
              f"- Calibration: temperature {card['temperature']:.3f} and one offset per class, fitted on the validation "
              f"split only, for equally common classes (the prior balanced accuracy assumes): each probability is what "
-             f"it would be if all diagnoses were equally common, so where naevi dominate a naevus is likelier than shown"]
+             f"it would be if all diagnoses were equally common, so where naevi dominate a naevus is likelier than "
+             f"shown"]
     if members:
         views = card.get("views", 1)
         shown = f", each shown {views} turned and mirrored copies of the image" if views > 1 else ""
@@ -193,7 +194,8 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
             continue
         low, high = m["balanced_accuracy_ci95"]
         use = "; every choice and the calibration were made on it, so optimistic" if split == "val" else ""
-        lines += [f"## {'Validation' if split == 'val' else 'Test'} split ({m['images']} images, lesion-grouped{use})", "",
+        name = "Validation" if split == "val" else "Test"
+        lines += [f"## {name} split ({m['images']} images, lesion-grouped{use})", "",
                   f"Balanced accuracy **{m['balanced_accuracy']:.3f}** (mean per-class recall, the ISIC metric; "
                   f"95% interval {low:.3f}-{high:.3f} by a bootstrap within classes); "
                   f"accuracy {m['accuracy']:.3f}; macro AUC {m['macro_auc']:.3f}; expected calibration error "

@@ -44,7 +44,8 @@ def plot_confusions(out: Path, results: pd.DataFrame, path: Path) -> None:
         report = out / "runs" / f"lesion-{row['model']}-{row['size']}" / "eval-test"
         truth, preds = pd.read_csv(report / "truth.csv"), pd.read_csv(report / "predictions.csv")
         classes = list(truth.columns[1:])
-        matrix = confusion_matrix(truth[classes].to_numpy().argmax(1), preds[classes].to_numpy().argmax(1), len(classes))
+        matrix = confusion_matrix(truth[classes].to_numpy().argmax(1), preds[classes].to_numpy().argmax(1),
+                                  len(classes))
         ax.imshow(matrix / np.maximum(matrix.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
             for j in range(len(classes)):
@@ -116,7 +117,8 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
     plot_learning_curves(out, results, report.parent / plots["curves"], select)
     plot_cost(results, report.parent / plots["cost"])
     size = config["size"]
-    honest = results[(results["protocol"] == "lesion") & (results["size"] == size)].sort_values("val_bacc", ascending=False)
+    honest = results[(results["protocol"] == "lesion") & (results["size"] == size)]
+    honest = honest.sort_values("val_bacc", ascending=False)
     leaky = results[results["protocol"] == "paper"].set_index("model")
     recalls = recall_columns(results)
     leaks = {p: json.loads((out / "prepared" / f"{p}-{size}" / "prepared.json").read_text())["lesions_across_splits"]
@@ -166,8 +168,9 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
                          f"{100 * (paper - r['test_bacc']):+.1f} |")
     if "leak_gain" in leaky.columns and len(leaky):
         share = leaky["test_leaked_share"].iloc[0]
-        lines += ["", "The two protocols' test sets differ (the paper's is balanced, ours keeps the natural class mix), "
-                  "so the table above mixes two effects. The cleaner measure looks inside the paper's own test split: "
+        lines += ["", "The two protocols' test sets differ (the paper's is balanced, ours keeps the natural class "
+                  "mix), so the table above mixes two effects. The cleaner measure looks inside the paper's own "
+                  "test split: "
                   f"{share:.0%} of its images show a lesion that also has a photo in training. Each model's recall "
                   "on those leaked images against the clean rest, class by class (classes with both kinds), then "
                   "averaged:", "",
@@ -180,11 +183,14 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
               f"claimed {PAPER_ACCURACY:.0%} is plain accuracy under the leaky protocol; the best published honest "
               f"ISIC 2019 result (Gessert et al., an ensemble at full resolution, lesion-grouped cross-validation) is "
               f"{GESSERT_BACC:.1%} balanced accuracy.", ""]
-    sizes = results[(results["protocol"] == "lesion") & (results["model"] == (honest["model"].iloc[0] if len(honest) else ""))]
+    best = honest["model"].iloc[0] if len(honest) else ""
+    sizes = results[(results["protocol"] == "lesion") & (results["model"] == best)]
     if len(sizes) > 1:
-        lines += ["## Input size for the best model", "", "| size | val bacc | test bacc | CPU ms/img |", "|---:|---:|---:|---:|"]
+        lines += ["## Input size for the best model", "",
+                  "| size | val bacc | test bacc | CPU ms/img |", "|---:|---:|---:|---:|"]
         for _, r in sizes.sort_values("size").iterrows():
-            lines.append(f"| {r['size']}px | {percent(r['val_bacc'])} | {percent(r['test_bacc'])} | {r['cpu_latency_ms']:.1f} |")
+            lines.append(f"| {r['size']}px | {percent(r['val_bacc'])} | {percent(r['test_bacc'])} "
+                         f"| {r['cpu_latency_ms']:.1f} |")
         lines.append("")
     lines += [f"![learning curves]({plots['curves']})", "", f"![cost]({plots['cost']})", "", "## Commands", "",
               "Each run, as `skinlesion compare` ran it (data prepared with `skinlesion prepare --balance paper "

@@ -210,7 +210,8 @@ class EpochLog(L.Callback):
         row = {"epoch": trainer.current_epoch, "train_loss": metrics.get("train_loss"),
                "val_loss": metrics.get("val_loss"), "val_bacc": metrics.get("val_bacc"),
                "val_bacc_calibrated": metrics.get("val_bacc_calibrated"),
-               "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(time.perf_counter() - self.started, 1)}
+               "lr": trainer.optimizers[0].param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - self.started, 1)}
         self.append(row)
 
 
@@ -219,7 +220,8 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists() and not resume:
-        raise ValueError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+        raise ValueError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                         "or choose another --out")
     if resume and not last.exists():
         raise ValueError(f"{last}: nothing to resume; start without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ def openapi_document(version: str) -> dict:
                                    "model_version": {"type": "string"}, "disclaimer": {"type": "string"}}}}}},
                               **errors}}},
             "/api/v1/model": {"get": {"summary": "The model card", "responses": {"200": {"description": "card"}}}},
-            "/healthz": {"get": {"summary": "Liveness and the loaded model", "responses": {"200": {"description": "ok"}}}},
+            "/healthz": {"get": {"summary": "Liveness and the loaded model",
+                                 "responses": {"200": {"description": "ok"}}}},
         },
     }
