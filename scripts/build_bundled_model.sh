@@ -3,8 +3,8 @@
 # EfficientNet-Lite0 networks, one trained by the recipe below (seed 1), one by the same recipe with mixup and
 # weight averaging (seed 0); 40-70 min per member on 2 free CPU cores (15-40 min at 128 px, 25-31 min at 192 px).
 # Re-running it resumes an interrupted stage and skips finished ones. Usage: scripts/build_bundled_model.sh [DATA_DIR]
-# (The shipped file's second member was trained by the same commands into work/mixema/run{128,192}-seed0, by
-# work/mixema/run.sh; its card names the folders it was built from.)
+# (The shipped file's second member was trained by the same commands into work/mixema/run{128,192}-seed0; its
+# card names the folders it was built from.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/isic2019}
