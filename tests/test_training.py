@@ -111,7 +111,7 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
     from skinlesion.models import create_model, load_model
     from skinlesion.prepare import PrepareConfig, load_prepared, prepare
     from skinlesion.splits import BALANCE_PRESETS, SplitConfig
-    from skinlesion.training import start_from
+    from skinlesion.training import TrainConfig, start_from
 
     first = tmp_path / "first"
     args = train_args(prepared32, first, "--epochs", 1, "--limit-train-batches", 3)
@@ -125,7 +125,7 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
 
     same = prepared_with(SplitConfig(splits_from=str(prepared32)), "same")
     network = create_model("mobilenet_v2", 6, pretrained=False, width=0.5, dropout=0.2)
-    start_from(network, first / "model.pt", "mobilenet_v2", load_prepared(same))
+    start_from(network, first / "model.pt", TrainConfig(width=0.5), load_prepared(same))
     saved, _ = load_model(first / "model.pt")
     assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), saved.state_dict().values()))
     result = CliRunner().invoke(main, train_args(same, tmp_path / "second", "--epochs", 1, "--limit-train-batches", 2,
@@ -144,6 +144,12 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
     result = CliRunner().invoke(main, train_args(same, tmp_path / "fourth", "--model", "resnet50",
                                                  "--init", first / "model.pt"))
     assert result.exit_code == 1 and "cannot start a resnet50" in result.output
+    # Same network, but another width would not fit the weights, and greyed light would not match what they saw.
+    for option, value in (("--width", 1.0), ("--color-constancy", 6)):
+        result = CliRunner().invoke(main, [*train_args(same, tmp_path / "fifth", "--init", first / "model.pt"),
+                                           option, value])
+        assert result.exit_code == 1 and "cannot start a mobilenet_v2" in result.output, result.output
+        assert "use the same --model, --width and --color-constancy" in result.output
 
 
 def test_mixup_and_averaged_weights_train_and_the_average_is_what_ships(prepared32, tmp_path):

@@ -233,7 +233,7 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
                          f"{prepared_dir} holds {prepared.size} px; prepare with a larger --size")
     system = LesionSystem(asdict(config), list(prepared.classes), prepared.size, prepared.policy, data.loss_weights())
     if config.init and not resume:
-        start_from(system.model, Path(config.init), config.model, prepared)
+        start_from(system.model, Path(config.init), config, prepared)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", mode="max",
                                                       monitor=SELECT[config.select])
     # Every epoch, whatever its score, so --resume loses no finished epoch (Lightning's save_last only writes
@@ -266,14 +266,20 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     return out
 
 
-def start_from(model, init: Path, name: str, prepared) -> None:
+def start_from(model, init: Path, config: TrainConfig, prepared) -> None:
     """Copy a saved model's weights into the new network, refusing one whose training saw our val or test images."""
     saved, meta = load_model(init)
     if meta["format"] != MODEL_FORMAT:
         raise ValueError(f"{init}: an ensemble cannot start a training run; pass one of its members")
-    if (meta["arch"], list(meta["classes"])) != (name, list(prepared.classes)):
-        raise ValueError(f"{init}: a {meta['arch']} over {', '.join(meta['classes'])} cannot start a {name} over "
-                         f"{', '.join(prepared.classes)}")
+    # The network's shape (arch, width, classes) and what it does to the pixels first (colour constancy) must match,
+    # or the copied weights would not fit or would see differently coloured inputs than they were trained on.
+    theirs = (meta["arch"], meta["width"], meta.get("color_constancy", 0.0), list(meta["classes"]))
+    ours = (config.model, config.width, config.color_constancy, list(prepared.classes))
+    if theirs != ours:
+        def describe(arch, width, constancy, classes):
+            return f"a {arch} (width {width}, colour constancy {constancy}) over {', '.join(classes)}"
+        raise ValueError(f"{init}: {describe(*theirs)} cannot start {describe(*ours)}; use the same --model, "
+                         f"--width and --color-constancy, on data with the same classes")
     check_held_out(init, meta, prepared)
     model.load_state_dict(saved.state_dict())
 
