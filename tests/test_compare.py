@@ -1,8 +1,12 @@
+import json
+import shlex
 from dataclasses import replace
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
+from skinlesion.cli import main
 from skinlesion.compare import CompareConfig, compare, leakage_effect
 from skinlesion.report import write_comparison_report
 
@@ -24,6 +28,14 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     assert 0 < paper["test_leaked_share"] < 1 and paper["leak_classes"] >= 1
     for plot in ("recall", "confusion", "learning-curves", "cost"):
         assert (tmp_path / "docs" / f"comparison-{plot}.png").stat().st_size > 1000
+    # The report's command for a run, typed as is (into another folder), trains with the same recipe.
+    command = shlex.split(results["command"].iloc[0])
+    assert command[:2] == ["skinlesion", "train"]
+    rerun = CliRunner().invoke(main, [*command[1:], "--out", str(tmp_path / "rerun")])
+    assert rerun.exit_code == 0, rerun.output
+    recipe = [json.loads((run / "train_config.json").read_text())
+              for run in (tmp_path / "cmp" / "runs" / "lesion-alexnet-64", tmp_path / "rerun")]
+    assert recipe[0] == recipe[1]
     # Resumable: a second call trains nothing and gives the same numbers.
     again = compare(shared_data, tmp_path / "cmp", config)
     pd.testing.assert_series_equal(again["test_bacc"], results["test_bacc"])
