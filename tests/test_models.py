@@ -66,7 +66,7 @@ def test_eight_views_make_an_ensemble_blind_to_turns_and_mirrors():
 
 
 def test_color_constancy_removes_a_colour_cast_and_travels_with_the_saved_model_into_onnx(prepared32, tmp_path):
-    from skinlesion.export import export_onnx
+    from skinlesion.export import export_onnx, write_model_card
     from skinlesion.models import shades_of_gray
     from skinlesion.prepare import load_prepared
 
@@ -98,3 +98,5 @@ def test_color_constancy_removes_a_colour_cast_and_travels_with_the_saved_model_
     assert meta["color_constancy"] == 6 and torch.allclose(loaded(photos), model(photos), atol=1e-4)
     report = export_onnx(loaded, meta, path, tmp_path / "m.onnx", pixels)
     assert report["parity_max_abs_diff"] < 1e-3  # export_onnx also raises above its limit
+    card = write_model_card(tmp_path / "m.onnx", tmp_path / "CARD.md").read_text()
+    assert "Colour constancy: the network greys the light of each photo first (shades of gray, power 6)" in card

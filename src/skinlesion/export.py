@@ -32,7 +32,8 @@ class ExportWrapper(nn.Module):
 
 def recipe(meta: dict) -> dict:
     """Return how a saved model was trained: score, epochs, settings and the earlier stage it started from."""
-    entry = {k: meta[k] for k in ("val_bacc", "val_bacc_calibrated", "epochs_trained", "train_config") if k in meta}
+    entry = {k: meta[k] for k in ("val_bacc", "val_bacc_calibrated", "epochs_trained", "train_config",
+                                  "color_constancy") if k in meta}
     init = meta.get("train_config", {}).get("init")
     if init:
         earlier = torch.load(init, map_location="cpu", weights_only=False) if Path(init).is_file() else {}
@@ -126,6 +127,9 @@ def recipe_lines(entry: dict) -> list[str]:
         lines.append(f"- Started from `{earlier['model']}` ({earlier.get('size', '?')} px, "
                      f"{earlier.get('epochs_trained', '?')} epochs, {validation_scores(earlier)}), trained with "
                      f"`{json.dumps(earlier.get('train_config', {}))}`")
+    if entry.get("color_constancy"):
+        lines.append(f"- Colour constancy: the network greys the light of each photo first (shades of gray, power "
+                     f"{entry['color_constancy']:g}), inside the exported graph, so serving does what training did")
     return lines
 
 
