@@ -7,7 +7,7 @@ import pandas as pd
 
 from skinlesion.classes import parse_codes
 from skinlesion.imaging import RESIZE_POLICIES
-from skinlesion.splits import PROTOCOLS, SPLITS
+from skinlesion.splits import BALANCE_PRESETS, PROTOCOLS, SPLITS
 
 
 def fail_cleanly(call):
@@ -20,6 +20,8 @@ def fail_cleanly(call):
         raise click.ClickException(str(error)) from None
 
 
+# Choices of options that training owns are spelled out here, since importing training (torch) would slow every
+# command and break `serve` where torch is not installed; tests/test_cli.py checks they match the library.
 # train and compare: which validation score keeps a run's epoch (training.SELECT).
 select_option = click.option(
     "--select", default="calibrated", show_default=True, type=click.Choice(["calibrated", "top-class"]),
@@ -38,7 +40,7 @@ def main():
               help="Folder in the official ISIC 2019 layout (ISIC_2019_Training_Input/ + CSVs).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--balance", "balance_name", default="paper", show_default=True,
-              type=click.Choice(["paper", "all"]),
+              type=click.Choice(list(BALANCE_PRESETS)),
               help="paper: 6 classes undersampled to 867; all: keep every image (balance in training).")
 @click.option("--classes", default=None, help="Comma-separated class codes to keep (overrides the preset).")
 @click.option("--min-images", type=int, default=None, help="Drop classes with fewer images than this.")
