@@ -39,6 +39,12 @@ def small_layout(shared_data, tmp_path) -> Path:
     return write_layout(tmp_path / "isic", per_class=6)
 
 
+@pytest.fixture
+def layout40(shared_data, tmp_path) -> Path:
+    """Forty real images of each class in the official layout: enough for every class in every split."""
+    return write_layout(tmp_path / "isic40", per_class=40)
+
+
 @pytest.fixture(scope="session")
 def prepared32(shared_data, tmp_path_factory) -> Path:
     """The real sample, paper preset split by lesion, cached at 32x32 (tiny models train in seconds)."""

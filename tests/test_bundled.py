@@ -1,7 +1,10 @@
-"""The bundled model: present, small, consistent with its card, and working on a real image."""
+"""The bundled model: present, small, consistent with its card, working on a real image, and rebuilt by its script."""
 
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,7 @@ from skinlesion.isic import IMAGE_DIR
 from skinlesion.predict import BUNDLED_MODEL, Predictor
 
 CARD = BUNDLED_MODEL.with_name("MODEL_CARD.md")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_bundled_model.sh"
 
 
 def test_bundled_model_is_small_and_its_card_matches_its_metadata():
@@ -38,3 +42,21 @@ def test_bundled_model_predicts_a_real_image(shared_data):
     assert result.assessable
     assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-5)
     assert re.fullmatch(r"efficientnet_lite0-\d+px-[0-9a-f]{12}", predictor.version)
+
+
+def test_the_build_script_runs_end_to_end_and_writes_a_model_with_its_card(shared_data, layout40, tmp_path):
+    # The real script on 40 real images a class, each training cut to 2 batches (TRAIN_OPTIONS win over the
+    # recipe's), one view, into a temporary folder: every step of the rebuild runs, only shorter.
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {**os.environ, "WORK": str(work), "OUT": str(out), "VIEWS": "1",
+           "TRAIN_OPTIONS": "--epochs 1 --limit-train-batches 2 --batch-size 16"}
+    done = subprocess.run(["bash", str(SCRIPT), str(layout40)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in ("run128-seed1", "run192-seed1", "run128-mixema-seed0", "run192-mixema-seed0"):
+        assert json.loads((work / stage / "train_config.json").read_text())["epochs"] == 1
+    meta, card = read_card(out / "model.onnx"), (out / "MODEL_CARD.md").read_text()
+    assert (meta["size"], meta["views"], len(meta["members"])) == (192, 1, 2)
+    assert '"mixup": 0.2, "ema": 0.995' in card and f"`{work / 'run192-seed1' / 'model.pt'}`" in card
+    assert "## Test split" in card and "float16 weights" in card
+    result = Predictor(out / "model.onnx").assess((shared_data / IMAGE_DIR / "ISIC_0024306.jpg").read_bytes())
+    assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-5)
