@@ -2,6 +2,7 @@ import json
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from skinlesion.evaluate import (balanced_accuracy, balanced_accuracy_interval, class_balanced_weights,
@@ -101,3 +102,30 @@ def test_cross_fitted_score_rates_the_calibrated_decision_not_the_raw_top_class(
     assert cross_fitted_balanced_accuracy(skewed, y) == pytest.approx(fair, abs=0.02)
     # Scored on images its calibration never saw: pure noise stays at chance instead of fitting itself.
     assert cross_fitted_balanced_accuracy(rng.normal(size=(300, 3)), rng.integers(0, 3, 300)) < 0.45
+
+
+def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepared32, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+    from skinlesion.predict import Predictor
+    from skinlesion.prepare import load_prepared
+
+    monkeypatch.chdir(tmp_path)  # an .onnx file's report goes to the current folder, never beside the file
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(prepared32), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    onnx_report = tmp_path / f"eval-{tiny_onnx.stem}-test"
+    torch_report = tmp_path / "torch"
+    assert CliRunner().invoke(main, ["evaluate", str(tiny_onnx.parent), "--data", str(prepared32), "--split", "test",
+                                     "--out", str(torch_report)]).exit_code == 0
+    scored = [json.loads((report / "metrics.json").read_text()) for report in (onnx_report, torch_report)]
+    assert scored[0]["images"] == scored[1]["images"] > 500
+    assert scored[0]["balanced_accuracy"] == pytest.approx(scored[1]["balanced_accuracy"], abs=0.01)
+    predictions = [pd.read_csv(report / "predictions.csv", index_col="image") for report in (onnx_report, torch_report)]
+    assert np.abs(predictions[0].to_numpy() - predictions[1].to_numpy()).max() < 1e-3
+    # The report's probabilities are the ones the file itself serves (its own temperature and class offsets).
+    prepared = load_prepared(prepared32)
+    rows = prepared.split("test")[:64]
+    served, _ = Predictor(tiny_onnx).run(prepared.pixels[rows["cache_row"].to_numpy()])
+    classes = Predictor(tiny_onnx).classes
+    assert np.abs(predictions[0].loc[rows["image"], list(classes)].to_numpy() - served).max() < 1e-5

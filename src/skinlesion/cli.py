@@ -160,9 +160,9 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
 @click.option("--data", "prepared_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Report folder (default: RUN/eval-SPLIT or next to the model).")
+              help="Report folder (default: RUN/eval-SPLIT next to the model; eval-NAME-SPLIT here for NAME.onnx).")
 def evaluate(model_path, prepared_dir, split, out_dir):
-    """Score a run or model file on one split: balanced accuracy first, then the rest."""
+    """Score a run, model.pt or exported .onnx file on one split: balanced accuracy first, then the rest."""
     from skinlesion.evaluate import evaluate_model
 
     metrics, out_dir = fail_cleanly(lambda: evaluate_model(model_path, prepared_dir, split, out_dir))

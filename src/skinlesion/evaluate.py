@@ -275,14 +275,13 @@ def resolve_model(path: Path) -> Path:
 
 
 def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Path | None = None) -> tuple[dict, Path]:
-    """Score a saved model on one split of a prepared data set and write the report."""
+    """Score a saved model (model.pt or an exported .onnx file) on one split of prepared data; write the report."""
     from skinlesion.prepare import load_prepared
-    from skinlesion.training import model_logits  # torch only here, when a checkpoint is scored
 
     model_path = resolve_model(model_path)
     prepared = load_prepared(prepared_dir)
     rows = prepared.split(split)
-    logits, meta = model_logits(model_path, prepared.pixels[rows["cache_row"].to_numpy()])
+    logits, meta = saved_model_logits(model_path, prepared.pixels[rows["cache_row"].to_numpy()])
     classes = meta["classes"]
     unknown = sorted(set(rows["label"]) - set(classes))
     if unknown:
@@ -292,8 +291,22 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
                          f"holds {prepared.size}px '{prepared.policy}'; prepare the data at the model's size")
     y_true = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     probs = calibrated(logits, meta)
-    out_dir = Path(out_dir) if out_dir else model_path.parent / f"eval-{split}"
+    # An exported file may sit in the installed package: its report goes to the current folder instead.
+    default = Path(f"eval-{model_path.stem}-{split}") if model_path.suffix == ".onnx" else \
+        model_path.parent / f"eval-{split}"
+    out_dir = Path(out_dir) if out_dir else default
     extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir),
              "temperature": meta["temperature"], "class_bias": list(meta["class_bias"]),
              "ece_uncalibrated": expected_calibration_error(softmax(logits), y_true)}
     return write_report(out_dir, rows["image"], y_true, probs, classes, extra), out_dir
+
+
+def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Return raw logits (N, K) and the model's metadata: an .onnx file through onnxruntime, else through torch."""
+    if model_path.suffix != ".onnx":
+        from skinlesion.training import model_logits as torch_logits  # torch only here, when a checkpoint is scored
+        return torch_logits(model_path, pixels)
+    from skinlesion.predict import Predictor
+    predictor = Predictor(model_path)
+    batches = range(0, len(pixels), 32)  # small: an ensemble multiplies the batch by its views (memory)
+    return np.concatenate([predictor.logits(pixels[i:i + 32]) for i in batches]), predictor.card

@@ -59,6 +59,10 @@ class Predictor:
         probs, _, maps = self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
         return probs, maps
 
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """Return the raw logits (B, K), before the card's temperature and class offsets, for evaluation."""
+        return self.session.run(["logits"], {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
     def all_codes(self, probs: np.ndarray) -> dict:
         """Spread the model's probabilities over every ISIC class (0.0 where the model has none)."""
         return {c: (float(probs[self.classes.index(c)]) if c in self.classes else 0.0) for c in CODES}
