@@ -309,4 +309,5 @@ def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray
     from skinlesion.predict import Predictor
     predictor = Predictor(model_path)
     batches = range(0, len(pixels), 32)  # small: an ensemble multiplies the batch by its views (memory)
-    return np.concatenate([predictor.logits(pixels[i:i + 32]) for i in batches]), predictor.card
+    card = {"class_bias": [0.0] * len(predictor.classes), **predictor.card}  # files exported before class offsets
+    return np.concatenate([predictor.logits(pixels[i:i + 32]) for i in batches]), card
