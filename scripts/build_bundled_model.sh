@@ -61,7 +61,7 @@ members=("$WORK/run192-seed1" "$WORK/run192-mixema-seed0")
 # 180 degrees); calibrate the average on validation for equally common classes. Views chosen on validation
 # (calibration fitted on one half, scored on the other, 10 halvings) for the previous pair: 1, 2, 4, 8 views 0.712,
 # 0.722, 0.733, 0.727.
-# That is 8 network passes an image when served (2 x VIEWS).
+# With the default 4 views that is 8 network passes an image when served (2 x VIEWS).
 ensemble="$WORK/ensemble-${VIEWS}views"
 skinlesion ensemble "${members[@]}" --views "$VIEWS" --out "$ensemble"
 # Scores that travel with the model: validation (used for selection and calibration) and test (used once).
