@@ -120,7 +120,8 @@ def image_files(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(path)
                 elif path.is_file():
-                    problems.append({"path": str(path), "problem": "not an image file (skipped)"})
+                    suffixes = ", ".join(IMAGE_SUFFIXES)
+                    problems.append({"path": str(path), "problem": f"not an image file (suffix not one of {suffixes})"})
         elif item.is_file():
             files.append(item)
         else:
