@@ -9,9 +9,9 @@ from skinlesion.classes import CODES
 from skinlesion.web import create_app
 
 
-def post(client, data: bytes, name="photo.jpg", **fields):
+def post(client, data: bytes, name="photo.jpg", headers=None, **fields):
     form = {"image": (io.BytesIO(data), name), **fields}
-    return client.post("/api/v1/predict", data=form, content_type="multipart/form-data")
+    return client.post("/api/v1/predict", data=form, content_type="multipart/form-data", headers=headers)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -123,6 +123,15 @@ def test_rate_limit_per_client(tiny_onnx, lesion_jpeg):
     client = create_app({"MODEL": str(tiny_onnx), "RATE_LIMIT": 3}).test_client()
     codes = [post(client, lesion_jpeg).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize("proxies, limited", [(0, [200, 200, 429, 429]), (1, [200, 200, 200, 200])])
+def test_behind_a_trusted_proxy_the_rate_limit_counts_each_forwarded_client(tiny_onnx, lesion_jpeg, proxies, limited):
+    # Two people behind one proxy, each sending two photos: they share the proxy's address unless it is trusted.
+    client = create_app({"MODEL": str(tiny_onnx), "RATE_LIMIT": 2, "TRUSTED_PROXIES": proxies}).test_client()
+    codes = [post(client, lesion_jpeg, headers={"X-Forwarded-For": person}).status_code
+             for person in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2")]
+    assert codes == limited
 
 
 def test_uploads_are_never_written_to_disk(client, lesion_jpeg):
