@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from skinlesion import __version__
-from skinlesion.evaluate import balanced_accuracy, calibrated, resolve_model
+from skinlesion.evaluate import balanced_accuracy, calibrated, resolve_model, saved_model_logits
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, load_prepared
@@ -236,18 +236,13 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
 
 def compare_with_pytorch(onnx_path: Path, model_file: Path, prepared: Prepared) -> dict:
     """Score the exported file and the PyTorch model on the validation split; return both and their agreement."""
-    from skinlesion.predict import Predictor
-    from skinlesion.training import model_logits
-
     rows = prepared.split("val")
     pixels = prepared.pixels[rows["cache_row"].to_numpy()]
-    predictor = Predictor(onnx_path)
-    batches = range(0, len(pixels), 32)  # small: an ensemble multiplies the batch by its views (memory)
-    exported = np.concatenate([predictor.run(pixels[i:i + 32])[0] for i in batches]).argmax(1)
-    logits, meta = model_logits(model_file, pixels)
-    original = calibrated(logits, meta).argmax(1)
-    y = rows["label"].map({c: i for i, c in enumerate(predictor.classes)}).to_numpy()
-    k = len(predictor.classes)
+    # The same scoring path as `skinlesion evaluate`: raw logits, then each model's own calibration.
+    exported, original = (calibrated(*saved_model_logits(path, pixels)).argmax(1) for path in (onnx_path, model_file))
+    classes = read_card(onnx_path)["classes"]
+    y = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    k = len(classes)
     return {"balanced_accuracy_onnx": balanced_accuracy(y, exported, k),
             "balanced_accuracy_pytorch": balanced_accuracy(y, original, k),
             "agreement": float((exported == original).mean()), "images": int(len(y))}
