@@ -239,8 +239,10 @@ def compare_with_pytorch(onnx_path: Path, model_file: Path, prepared: Prepared) 
     rows = prepared.split("val")
     pixels = prepared.pixels[rows["cache_row"].to_numpy()]
     # The same scoring path as `skinlesion evaluate`: raw logits, then each model's own calibration.
-    exported, original = (calibrated(*saved_model_logits(path, pixels)).argmax(1) for path in (onnx_path, model_file))
-    classes = read_card(onnx_path)["classes"]
+    onnx_logits, card = saved_model_logits(onnx_path, pixels)
+    exported = calibrated(onnx_logits, card).argmax(1)
+    original = calibrated(*saved_model_logits(model_file, pixels)).argmax(1)
+    classes = card["classes"]
     y = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     k = len(classes)
     return {"balanced_accuracy_onnx": balanced_accuracy(y, exported, k),
