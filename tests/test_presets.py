@@ -1,6 +1,9 @@
 import torch
 
-from skinlesion.presets import EvalPreset, TrainPreset
+import pytest
+
+from skinlesion.presets import AUGMENTATIONS, EvalPreset, TrainPreset
+from skinlesion.training import TrainConfig
 
 
 def test_eval_preset_only_reorders_and_converts():
@@ -21,3 +24,40 @@ def test_train_preset_augments_within_range():
     off = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
                       brightness=0, contrast=0, saturation=0)(pixels)
     assert torch.allclose(off, EvalPreset()(pixels), atol=1e-3)
+
+
+def test_cutout_blanks_one_square_of_the_image_mean_colour():
+    torch.manual_seed(1)
+    pixels = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8)
+    only_cutout = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
+                              brightness=0, contrast=0, saturation=0, cutout=0.5)
+    x, plain = only_cutout(pixels), EvalPreset()(pixels)
+    for image, original in zip(x, plain):
+        changed = (image - original).abs().amax(0) > 1e-3  # (H, W)
+        rows, cols = changed.any(1).nonzero().squeeze(1), changed.any(0).nonzero().squeeze(1)
+        assert len(rows) == len(cols) <= 20  # one square, at most half the side
+        square = image[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert torch.allclose(square, original.mean(dim=(1, 2), keepdim=True).expand_as(square), atol=1e-3)
+
+
+def test_channel_gain_casts_colour_within_its_range():
+    torch.manual_seed(2)
+    pixels = torch.full((64, 8, 8, 3), 100, dtype=torch.uint8)
+    only_gain = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
+                            brightness=0, contrast=0, saturation=0, channel_gain=0.1)
+    x = only_gain(pixels)
+    assert 90 - 1e-3 <= x.min() and x.max() <= 110 + 1e-3
+    assert (x[:, 0] - x[:, 1]).abs().max() > 5  # channels move apart: a colour cast, not brightness
+
+
+def test_strong_augmentation_changes_more_than_standard():
+    torch.manual_seed(3)
+    pixels = torch.randint(0, 256, (32, 32, 32, 3), dtype=torch.uint8)
+    plain = EvalPreset()(pixels)
+    changes = {name: (preset(pixels) - plain).abs().mean() for name, preset in AUGMENTATIONS.items()}
+    assert changes["strong"] > changes["standard"] > 0
+
+
+def test_an_unknown_augmentation_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown augmentation 'wild'; choose from standard, strong"):
+        TrainConfig(augmentation="wild")

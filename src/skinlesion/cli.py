@@ -119,6 +119,8 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
               help="How to balance classes the data stage left imbalanced.")
 @click.option("--no-pretrained", is_flag=True, help="Train efficientnet_lite0 from scratch too.")
 @click.option("--no-augment", is_flag=True)
+@click.option("--augmentation", type=click.Choice(["standard", "strong"]), default="standard", show_default=True,
+              help="How hard to augment: strong adds any rotation, more zoom, colour casts and a blanked square.")
 @click.option("--patience", default=8, show_default=True, help="Epochs without a better --select score before "
               "stopping.")
 @select_option
@@ -138,7 +140,7 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
           imbalance, no_pretrained, no_augment, patience, select, seed, accelerator, devices, num_nodes,
-          limit_train_batches, init_model, mixup, ema, color_constancy, resume):
+          limit_train_batches, init_model, mixup, ema, color_constancy, augmentation, resume):
     """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
     from skinlesion.models import model_spec
     from skinlesion.training import TrainConfig, fit
@@ -148,7 +150,8 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         limit = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
-                             num_nodes, limit, str(init_model or ""), select, mixup, ema, color_constancy)
+                             num_nodes, limit, str(init_model or ""), select, mixup, ema, color_constancy,
+                             augmentation)
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

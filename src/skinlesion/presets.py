@@ -36,6 +36,8 @@ class TrainPreset:
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
+    channel_gain: float = 0.0  # scale each colour channel by up to this share: another dermatoscope's light
+    cutout: float = 0.0  # blank one square of up to this share of the side (mean colour); 0 = off
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         x = to_input(pixels)
@@ -47,6 +49,8 @@ class TrainPreset:
             x = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, turns)])
         x = self.affine(x)
         x = self.colour(x)
+        if self.cutout:
+            x = self.blank_square(x)
         return x.clamp(0, 255).contiguous(memory_format=torch.channels_last)
 
     def affine(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,4 +73,27 @@ class TrainPreset:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * factor(self.contrast) + mean
         grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        return (x - grey) * factor(self.saturation) + grey
+        x = (x - grey) * factor(self.saturation) + grey
+        if self.channel_gain:
+            x = x * (1 + (torch.rand(b, 3, 1, 1, device=x.device) * 2 - 1) * self.channel_gain)
+        return x
+
+    def blank_square(self, x: torch.Tensor) -> torch.Tensor:
+        """Fill one random square per image (side up to `cutout` of the image's) with the image's mean colour."""
+        b, _, h, w = x.shape
+        side = (torch.rand(b, 1, 1, device=x.device) * self.cutout * min(h, w)).ceil()
+        top = torch.rand(b, 1, 1, device=x.device) * (h - side + 1)
+        left = torch.rand(b, 1, 1, device=x.device) * (w - side + 1)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = (rows >= top.floor()) & (rows < top.floor() + side) & (cols >= left.floor()) & (cols < left.floor() + side)
+        return torch.where(inside.unsqueeze(1), x.mean(dim=(2, 3), keepdim=True), x)
+
+
+# What `train --augmentation` chooses from. strong: any rotation, more zoom and shift, stronger colour changes,
+# a per-channel colour cast and one blanked square (as the ISIC 2019 winners' heavier augmentation).
+AUGMENTATIONS = {
+    "standard": TrainPreset(),
+    "strong": TrainPreset(rotate_degrees=180.0, scale=0.25, shift=0.1, brightness=0.3, contrast=0.3, saturation=0.3,
+                          channel_gain=0.1, cutout=0.3),
+}

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from skinlesion.evaluate import balanced_accuracy, cross_fitted_balanced_accuracy, fit_calibration
 from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, save_model
 from skinlesion.prepare import load_prepared
-from skinlesion.presets import EvalPreset, TrainPreset
+from skinlesion.presets import AUGMENTATIONS, EvalPreset
 from skinlesion.splits import class_weights, sampler_weights
 
 IMBALANCE = ("none", "weights", "sampler")
@@ -52,6 +52,7 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(a, a) concentration for blending pairs of training images; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept; 0 = off
     color_constancy: float = 0.0  # shades-of-gray power inside the network (6 as the ISIC 2019 winners); 0 = off
+    augmentation: str = "standard"  # a key of presets.AUGMENTATIONS, used when augment is on
 
     def __post_init__(self):
         if self.imbalance not in IMBALANCE:
@@ -62,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"mixup must be 0 (off) or positive, got {self.mixup}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be 0 (off) or a decay below 1, got {self.ema}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {self.augmentation!r}; choose from {', '.join(AUGMENTATIONS)}")
         if self.color_constancy and self.color_constancy < 1:
             raise ValueError(f"color_constancy must be 0 (off) or a power of at least 1, got {self.color_constancy}")
 
@@ -110,7 +113,7 @@ class LesionSystem(L.LightningModule):
         self.model = create_model(self.config.model, len(classes), self.config.pretrained, self.config.width,
                                   self.config.dropout, self.config.color_constancy)
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_preset = TrainPreset() if self.config.augment else EvalPreset()
+        self.train_preset = AUGMENTATIONS[self.config.augmentation] if self.config.augment else EvalPreset()
         self.eval_preset = EvalPreset()
         self.register_buffer("loss_weights", torch.tensor(loss_weights) if loss_weights else None)
         # The averaged weights (buffers too: BatchNorm statistics) are what validation scores and fit() keeps.
