@@ -82,11 +82,11 @@ class TrainPreset:
         """Fill one random square per image (side up to `cutout` of the image's) with the image's mean colour."""
         b, _, h, w = x.shape
         side = (torch.rand(b, 1, 1, device=x.device) * self.cutout * min(h, w)).ceil()
-        top = torch.rand(b, 1, 1, device=x.device) * (h - side + 1)
-        left = torch.rand(b, 1, 1, device=x.device) * (w - side + 1)
+        top = (torch.rand(b, 1, 1, device=x.device) * (h - side + 1)).floor()
+        left = (torch.rand(b, 1, 1, device=x.device) * (w - side + 1)).floor()
         rows = torch.arange(h, device=x.device).view(1, h, 1)
         cols = torch.arange(w, device=x.device).view(1, 1, w)
-        inside = (rows >= top.floor()) & (rows < top.floor() + side) & (cols >= left.floor()) & (cols < left.floor() + side)
+        inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
         return torch.where(inside.unsqueeze(1), x.mean(dim=(2, 3), keepdim=True), x)
 
 
