@@ -68,6 +68,11 @@ def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
     assert "not a diagnosis" in result.stderr
 
 
+def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):
+    result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--format", "isic2018"])
+    assert result.exit_code == 2 and "--format isic2018" in result.output and "--output" in result.output
+
+
 def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
     predictor = Predictor(tiny_onnx)
     photo = sorted(image_folder.glob("ISIC_*.jpg"))[0]

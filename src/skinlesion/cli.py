@@ -242,6 +242,8 @@ def predict(inputs, model_path, output, output_format, batch_size):
     from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES
     from skinlesion.predict import Predictor, image_files
 
+    if output_format != "isic2019" and not output:
+        raise click.UsageError(f"--format {output_format} sets the classes of the --output CSV; add --output FILE")
     predictor = fail_cleanly(lambda: Predictor(model_path))
 
     def run():
