@@ -2,12 +2,11 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
+from skinlesion.calibration import cross_fitted_balanced_accuracy, softmax
 from skinlesion.cli import main
 from skinlesion.ensemble import ENSEMBLE_HALVINGS
-from skinlesion.evaluate import cross_fitted_balanced_accuracy, softmax
-from skinlesion.models import Ensemble, load_model
+from skinlesion.models import Ensemble, load_model, model_logits
 from skinlesion.prepare import load_prepared
-from skinlesion.training import model_logits
 
 
 def train_tiny(prepared, run, seed):

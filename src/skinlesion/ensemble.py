@@ -5,10 +5,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion.evaluate import balanced_accuracy, cross_fitted_balanced_accuracy, fit_calibration, resolve_model
-from skinlesion.models import MODEL_FORMAT, Ensemble, build_classifier, save_ensemble
+from skinlesion.calibration import cross_fitted_balanced_accuracy, fit_calibration
+from skinlesion.evaluate import resolve_model
+from skinlesion.metrics import balanced_accuracy
+from skinlesion.models import MODEL_FORMAT, Ensemble, build_classifier, predict_logits, save_ensemble
 from skinlesion.prepare import load_prepared
-from skinlesion.training import check_held_out, predict_logits
+from skinlesion.training import check_held_out
 
 # Validation halvings behind the recorded calibrated score: more than training's 3 per epoch, since it is scored
 # once and one halving alone varies by about 0.01 (README's ensemble figures use 10).

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from skinlesion import __version__
-from skinlesion.evaluate import balanced_accuracy, calibrated, resolve_model, saved_model_logits
+from skinlesion.calibration import calibrated
+from skinlesion.evaluate import resolve_model, saved_model_logits
+from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, load_prepared
@@ -25,7 +27,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, pixels: torch.Tensor):
         logits, features = self.model.forward_features(pixels.permute(0, 3, 1, 2))
-        # Calibrated on validation, for equally common classes (evaluate.fit_calibration).
+        # Calibrated on validation, for equally common classes (calibration.fit_calibration).
         probabilities = torch.softmax(logits / self.temperature + self.class_bias, dim=1)
         return probabilities, logits, self.model.class_maps(features)  # (B, K), (B, K), (B, K, h, w)
 

@@ -2,9 +2,13 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from skinlesion.presets import EvalPreset
 
 
 @dataclass(frozen=True)
@@ -223,3 +227,17 @@ def load_model(path) -> tuple[Classifier | Ensemble, dict]:
     else:
         model = build_classifier(meta)
     return model.eval().to(memory_format=torch.channels_last), meta
+
+
+@torch.inference_mode()
+def predict_logits(model, pixels: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Return logits (N, K) for uint8 pixels (N, H, W, 3) through the evaluation preset."""
+    model.eval()
+    preset = EvalPreset()
+    return torch.cat([model(preset(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]).numpy()
+
+
+def model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Load a saved model and return (logits, metadata) for uint8 pixels."""
+    model, meta = load_model(model_path)
+    return predict_logits(model, torch.from_numpy(np.ascontiguousarray(pixels))), meta

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.evaluate import confusion_matrix, pyplot
+from skinlesion.evaluate import pyplot
+from skinlesion.metrics import confusion_matrix
 
 PAPER_ACCURACY = 0.97  # claimed, 64x64, balance-then-random-split
 GESSERT_BACC = 0.742  # best honest ISIC 2019 result: ensemble, full resolution, lesion-grouped CV

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from skinlesion.evaluate import balanced_accuracy, cross_fitted_balanced_accuracy, fit_calibration
-from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, save_model
+from skinlesion.calibration import cross_fitted_balanced_accuracy, fit_calibration
+from skinlesion.metrics import balanced_accuracy
+from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, predict_logits, save_model
 from skinlesion.prepare import load_prepared
 from skinlesion.presets import AUGMENTATIONS, EvalPreset
 from skinlesion.splits import class_weights, sampler_weights
@@ -297,17 +298,3 @@ def check_held_out(path: Path, meta: dict, prepared) -> None:
     if len(seen):
         raise ValueError(f"{path} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
                          f"prepare ours with --splits-from {earlier.out_dir}")
-
-
-@torch.inference_mode()
-def predict_logits(model, pixels: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Return logits (N, K) for uint8 pixels (N, H, W, 3) through the evaluation preset."""
-    model.eval()
-    preset = EvalPreset()
-    return torch.cat([model(preset(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]).numpy()
-
-
-def model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Load a saved model and return (logits, metadata) for uint8 pixels."""
-    model, meta = load_model(model_path)
-    return predict_logits(model, torch.from_numpy(np.ascontiguousarray(pixels))), meta

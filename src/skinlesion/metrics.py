@@ -1,0 +1,101 @@
+"""Metrics: balanced accuracy (the official ISIC metric) first, then per-class and calibration scores. No torch."""
+
+import numpy as np
+import pandas as pd
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Return counts (k, k): rows are true classes, columns predictions."""
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
+    """Mean recall over the classes present in y_true (the ISIC 2019 challenge metric)."""
+    matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), k)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    return float((np.diag(matrix)[present] / support[present]).mean()) if present.any() else 0.0
+
+
+def balanced_accuracy_interval(y_true: np.ndarray, y_pred: np.ndarray, k: int, rounds: int = 10_000,
+                               seed: int = 0) -> tuple[float, float]:
+    """95% interval of balanced accuracy by a bootstrap that resamples images within each class.
+
+    Resampling n images of a class with recall p gives Binomial(n, p) / n, so rare classes (20-30 test images)
+    widen the interval as much as they should.
+    """
+    matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), k)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return 0.0, 0.0
+    n, hits = support[present], np.diag(matrix)[present]
+    recalls = np.random.default_rng(seed).binomial(n, hits / n, size=(rounds, len(n))) / n
+    low, high = np.percentile(recalls.mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """One-vs-rest ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; nan if one-sided."""
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def per_class_table(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFrame:
+    """Return precision, recall, F1, AUC and support per class."""
+    k = len(classes)
+    y_pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, k)
+    tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, np.nan)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    auc = [roc_auc(probs[:, i], y_true == i) for i in range(k)]
+    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "auc": auc, "support": support},
+                        index=list(classes))
+
+
+def confidence_bins(probs: np.ndarray, y_true: np.ndarray, bins: int):
+    """Return (top-class confidence, correct, bin index of each image) for equal-width bins."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    return confidence, correct, which
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15, weights=None) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins of the top class."""
+    confidence, correct, which = confidence_bins(probs, y_true, bins)
+    weights = np.ones(len(y_true)) if weights is None else np.asarray(weights, dtype=float)
+    weights = weights / weights.sum()
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            w = weights[inside]
+            error += w.sum() * abs(np.average(correct[inside], weights=w) - np.average(confidence[inside], weights=w))
+    return float(error)
+
+
+def class_balanced_weights(y_true: np.ndarray) -> np.ndarray:
+    """Weight every image by 1 / its class's count: each class counts equally, as balanced accuracy has it."""
+    return 1.0 / np.bincount(y_true)[y_true]
+
+
+def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
+    """Return the headline metrics, balanced accuracy first."""
+    table = per_class_table(y_true, probs, classes)
+    y_pred = probs.argmax(axis=1)
+    return {
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(classes)),
+        "balanced_accuracy_ci95": balanced_accuracy_interval(y_true, y_pred, len(classes)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_auc": float(np.nanmean(table["auc"])),
+        "ece": expected_calibration_error(probs, y_true),
+        "ece_class_balanced": expected_calibration_error(probs, y_true, weights=class_balanced_weights(y_true)),
+        "recall": {c: (None if np.isnan(r) else float(r)) for c, r in table["recall"].items()},
+        "images": int(len(y_true)),
+    }

@@ -1,0 +1,56 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from skinlesion.calibration import softmax
+from skinlesion.evaluate import write_submission, write_truth
+from skinlesion.metrics import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix,
+                                expected_calibration_error, per_class_table, roc_auc)
+
+
+def test_balanced_accuracy_by_hand():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 0, 1, 1, 0, 2])
+    # recalls: class 0 3/4, class 1 1/2, class 2 1/1 -> mean 0.75; accuracy would be 5/7
+    assert balanced_accuracy(y_true, y_pred, 3) == pytest.approx(0.75)
+    assert confusion_matrix(y_true, y_pred, 3).tolist() == [[3, 1, 0], [1, 1, 0], [0, 0, 1]]
+    probs = np.eye(3)[y_pred]
+    table = per_class_table(y_true, probs, ["A", "B", "C"])
+    assert table.loc["A", "precision"] == pytest.approx(3 / 4) and table.loc["B", "f1"] == pytest.approx(0.5)
+
+
+def test_balanced_accuracy_interval_widens_with_fewer_images():
+    rng = np.random.default_rng(1)
+    y_true = np.repeat([0, 1], [1000, 20])
+    y_pred = np.where(rng.random(len(y_true)) < 0.7, y_true, 1 - y_true)
+    score = balanced_accuracy(y_true, y_pred, 2)
+    low, high = balanced_accuracy_interval(y_true, y_pred, 2)
+    assert low < score < high and 0.1 < high - low < 0.3  # the 20-image class dominates the uncertainty
+    big_low, big_high = balanced_accuracy_interval(np.repeat([0, 1], 1000), np.repeat([0, 1], 1000), 2)
+    assert (big_low, big_high) == (1.0, 1.0)
+
+
+def test_auc_and_ece_by_hand():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == pytest.approx(0.75)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 1, 0, 0])
+    # bins: 0.9 (acc 0.5) and 0.6 (acc 1.0) -> 0.5*0.4 + 0.5*0.4 = 0.4
+    assert expected_calibration_error(probs, y) == pytest.approx(0.4)
+
+
+def test_official_scorer_agrees_with_our_balanced_accuracy(tmp_path):
+    rng = np.random.default_rng(1)
+    classes = ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
+    y = np.repeat(np.arange(6), [30, 60, 10, 5, 20, 8])
+    probs = softmax(rng.normal(size=(len(y), 6)) + np.eye(6)[y] * 1.5)
+    images = [f"ISIC_{i:07d}" for i in range(len(y))]
+    write_truth(tmp_path / "truth.csv", images, y, classes)
+    write_submission(tmp_path / "pred.csv", images, probs, classes, columns=classes)
+    out = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification", str(tmp_path / "truth.csv"),
+                          str(tmp_path / "pred.csv")], capture_output=True, text=True, check=True).stdout
+    official = json.loads(out)["aggregate"]["balanced_accuracy"]
+    ours = balanced_accuracy(y, probs.argmax(1), 6)
+    assert 0.3 < ours < 0.95
+    assert official == pytest.approx(ours, abs=1e-9)
