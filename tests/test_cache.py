@@ -55,3 +55,18 @@ def test_exact_copy_is_a_near_duplicate_and_other_lesions_are_not(shared_data):
     hashes = [difference_hash(p) for p in pixels] + [difference_hash(brighter)]
     index = pd.DataFrame({"image": [p.stem for p in paths] + ["copy"], "dhash": hashes, "problem": ""})
     assert near_duplicate_pairs(index) == [(paths[0].stem, "copy")]
+
+
+def test_the_cache_holds_painted_borders_but_hashes_the_photo_as_it_was(small_layout, tmp_path):
+    from PIL import Image
+
+    from skinlesion.imaging import open_rgb, resize
+    from tests.test_imaging import grey, with_black_ring
+
+    images = read_isic(small_layout).images
+    path = images["path"].iloc[0]
+    with_black_ring(Image.open(path).convert("RGB"), 0.85).save(path, "JPEG", quality=90)
+    cache = build_cache(images, tmp_path / "cache", CacheConfig(size=32, workers=1), progress=False)
+    row = cache.index.index[cache.index["path"] == path][0]
+    assert (grey(cache.pixels[row])[[0, 0, -1, -1], [0, -1, 0, -1]] > 60).all()  # painted in the cache
+    assert cache.index.loc[row, "dhash"] == difference_hash(resize(open_rgb(path, draft_size=32), 32, "squash"))

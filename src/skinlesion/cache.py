@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion.imaging import ImageError, RESIZE_POLICIES, difference_hash, load_pixels
+from skinlesion.imaging import ImageError, RESIZE_POLICIES, difference_hash, fill_dark_border, open_rgb, resize
+
+PREPROCESSING = "dark-border-filled"  # changes whenever imaging's output changes, so older caches are rebuilt
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class PixelCache:
 
 
 def fingerprint(paths: list[str], config: CacheConfig) -> str:
-    """Hash what the cache depends on: image files (path, size, mtime) and the resize settings."""
-    digest = hashlib.sha256(f"{config.size}|{config.policy}".encode())
+    """Hash what the cache depends on: image files (path, size, mtime), the resize settings and the loader's version."""
+    digest = hashlib.sha256(f"{config.size}|{config.policy}|{PREPROCESSING}".encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -56,12 +58,13 @@ def decode_chunk(job: tuple[str, int, list[str], int, str]) -> list[tuple[str, s
     results = []
     for i, path in enumerate(paths):
         try:
-            row = load_pixels(path, size, policy)
+            resized = resize(open_rgb(path, draft_size=size), size, policy)  # as load_pixels, border not yet painted
         except ImageError as error:
             results.append(("", str(error)))
             continue
-        pixels[start + i] = row
-        results.append((difference_hash(row), ""))
+        pixels[start + i] = fill_dark_border(resized)
+        # Hashed before the border is painted, so the split stays the one made before painting was added (2026-11-29).
+        results.append((difference_hash(resized), ""))
     pixels.flush()
     return results
 

@@ -170,8 +170,9 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
              f"{card.get('weights', 'float32')} weights, float32 arithmetic), exported "
              f"{card.get('exported', '?')} by skinlesion {card['skinlesion_version']}",
              f"- Classes (in output order): {', '.join(card['classes'])}",
-             f"- Input: {card['size']}x{card['size']} px RGB, resize policy '{card['policy']}', normalised inside "
-             f"the model (mean {card['mean']}, std {card['std']})",
+             f"- Input: {card['size']}x{card['size']} px RGB, resize policy '{card['policy']}', a dark border round "
+             f"the dermatoscope's lit field painted with the skin's colour, normalised inside the model (mean "
+             f"{card['mean']}, std {card['std']})",
              f"- Calibration: temperature {card['temperature']:.3f} and one offset per class, fitted on the validation "
              f"split only, for equally common classes (the prior balanced accuracy assumes): each probability is what "
              f"it would be if all diagnoses were equally common, so where naevi dominate a naevus is likelier than "

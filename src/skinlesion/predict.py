@@ -13,7 +13,7 @@ from PIL import Image
 
 from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
-from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, open_rgb, resize
+from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, model_input, open_rgb
 
 METADATA_KEY = "skinlesion"
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
@@ -83,7 +83,7 @@ class Predictor:
     def assess(self, source, heatmap: bool = False) -> Assessment:
         """Classify one image (bytes or path) as the web app shows it; refuse images it should not judge."""
         image = open_rgb(source, draft_size=self.size)
-        pixels = resize(image, self.size, self.policy)
+        pixels = model_input(image, self.size, self.policy)
         reason = cannot_assess(image, pixels)
         if reason:
             return Assessment(assessable=False, reason=reason)
