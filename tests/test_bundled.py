@@ -44,6 +44,25 @@ def test_bundled_model_predicts_a_real_image(shared_data):
     assert re.fullmatch(r"efficientnet_lite0-\d+px-[0-9a-f]{12}", predictor.version)
 
 
+
+def test_the_web_path_paints_a_dark_border_before_the_model_sees_it(shared_data):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from skinlesion.imaging import fill_dark_border, open_rgb, resize
+    from tests.test_imaging import with_black_ring
+
+    predictor = Predictor()
+    buffer = io.BytesIO()
+    with_black_ring(Image.open(shared_data / IMAGE_DIR / "ISIC_0024306.jpg").convert("RGB"), 0.85).save(buffer, "PNG")
+    result = predictor.assess(buffer.getvalue())
+    ringed = resize(open_rgb(buffer.getvalue(), draft_size=predictor.size), predictor.size, predictor.policy)
+    painted, unpainted = (predictor.run(pixels[None])[0][0] for pixels in (fill_dark_border(ringed), ringed))
+    shown = np.array([result.probabilities[c] for c in predictor.classes])
+    assert np.abs(shown - painted).max() < 1e-6 and np.abs(shown - unpainted).max() > 1e-3
+
 def test_the_build_script_runs_end_to_end_and_writes_a_model_with_its_card(shared_data, layout40, tmp_path):
     # The real script on 40 real images a class, each training cut to 2 batches (TRAIN_OPTIONS win over the
     # recipe's), one view, into a temporary folder: every step of the rebuild runs, only shorter.
