@@ -44,7 +44,6 @@ def test_bundled_model_predicts_a_real_image(shared_data):
     assert re.fullmatch(r"efficientnet_lite0-\d+px-[0-9a-f]{12}", predictor.version)
 
 
-
 def test_the_web_path_paints_a_dark_border_before_the_model_sees_it(shared_data):
     import io
 
