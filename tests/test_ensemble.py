@@ -10,7 +10,7 @@ from skinlesion.prepare import load_prepared
 
 
 def train_tiny(prepared, run, seed):
-    args = ["train", "--data", str(prepared), "--out", str(run), "--model", "mobilenet_v2", "--width", "0.5",
+    args = ["train", "--data", str(prepared), "--out", str(run), "--model", "efficientnet_lite0",
             "--batch-size", "32", "--epochs", "1", "--limit-train-batches", "5", "--seed", str(seed)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -46,7 +46,8 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
                                          "--fp16", "--card", str(card)])
     assert exported.exit_code == 0, exported.output
     text = card.read_text()
-    assert "ensemble of 2 mobilenet_v2" in text and f"`{first / 'model.pt'}`" in text and "float16 weights" in text
+    assert "ensemble of 2 efficientnet_lite0" in text and f"`{first / 'model.pt'}`" in text
+    assert "float16 weights" in text
     assert "## Validation split" in text  # the ensemble's own evaluation travels with it
     assert "This file, with float16 weights, scores validation balanced accuracy" in text
     assert f"after it {meta['val_bacc_calibrated']:.3f} (calibration fitted on one half" in text
@@ -61,7 +62,7 @@ def test_an_ensemble_averages_calibrated_members_and_exports_like_a_run(tiny_onn
 
     from skinlesion.web import create_app  # the card has validation metrics only: the page used to fail on that
     about = create_app({"MODEL": str(tmp_path / "both.onnx"), "TESTING": True}).test_client().get("/about")
-    assert about.status_code == 200 and b"an ensemble of 2\nmobilenet_v2 networks" in about.data
+    assert about.status_code == 200 and b"an ensemble of 2\nefficientnet_lite0 networks" in about.data
     assert b"equally common diagnoses" in about.data  # what the shown probabilities assume
 
 

@@ -14,22 +14,14 @@ def test_submission_has_every_isic_column(tmp_path):
     assert lines[1] == "a,0.75000000,0.25000000" + ",0.00000000" * 6
 
 
-def test_an_exported_file_is_scored_like_the_model_it_came_from(prepared32, tmp_path, monkeypatch):
+def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepared32, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from skinlesion.cli import main
-    from skinlesion.export import export_with_checks
     from skinlesion.predict import Predictor
     from skinlesion.prepare import load_prepared
-    from skinlesion.training import TrainConfig, fit
 
-    # The shared tiny MobileNetV2 (conftest) gives every image the same logits, so each of its decisions is a tie
-    # that float rounding settles; a network from ImageNet weights makes real decisions to compare.
-    run = tmp_path / "run"
-    fit(prepared32, run, TrainConfig(model="efficientnet_lite0", epochs=2, batch_size=32, lr=1e-3,
-                                     limit_train_batches=20), progress=False)
-    export_with_checks(run, run / "model.onnx", None, fp16=False)
-    exported = run / "model.onnx"
+    exported = tiny_onnx  # beside its run's model.pt
     monkeypatch.chdir(tmp_path)  # an .onnx file's report goes to the current folder, never beside the file
     result = CliRunner().invoke(main, ["evaluate", str(exported), "--data", str(prepared32), "--split", "test"])
     assert result.exit_code == 0, result.output

@@ -59,5 +59,24 @@ def test_strong_augmentation_changes_more_than_standard():
 
 
 def test_an_unknown_augmentation_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="unknown augmentation 'wild'; choose from standard, strong"):
+    with pytest.raises(ValueError, match="unknown augmentation 'wild'; choose from standard, strong, ringed"):
         TrainConfig(augmentation="wild")
+
+
+def test_ringed_augmentation_paints_outside_a_round_field_with_the_field_colour():
+    torch.manual_seed(4)
+    pixels = torch.randint(0, 256, (64, 48, 48, 3), dtype=torch.uint8)
+    only_ring = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
+                            brightness=0, contrast=0, saturation=0, field_ring=0.3)
+    x, plain = only_ring(pixels), EvalPreset()(pixels)
+    changed = (x - plain).abs().amax(1) > 1e-3  # (B, H, W)
+    ringed = changed.flatten(1).any(1)
+    assert 5 <= ringed.sum() <= 40  # about 30% of 64 images
+    for image, original, where in zip(x[ringed], plain[ringed], changed[ringed]):
+        assert where[0, 0] and where[-1, -1] and not where[24, 24]  # corners painted, centre kept
+        painted = image[:, where]  # (3, n): one colour, that of the brighter half of the field
+        assert torch.allclose(painted, painted[:, :1].expand_as(painted), atol=1e-3)
+        field = original[:, ~where]
+        brightness = field.mean(0)
+        assert torch.allclose(painted[:, 0], field[:, brightness >= brightness.median()].mean(1), atol=0.5)
+    assert torch.allclose(x[~ringed], plain[~ringed], atol=1e-3)

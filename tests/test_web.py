@@ -25,7 +25,7 @@ def test_pages_carry_the_disclaimer(client):
         page = client.get(path)
         assert page.status_code == 200
         assert b"Research tool, not a diagnosis" in page.data
-    assert b"mobilenet_v2" in client.get("/about").data
+    assert b"efficientnet_lite0" in client.get("/about").data
     assert b"Percentages assume all eight diagnoses are equally common" in client.get("/").data
 
 
@@ -36,7 +36,7 @@ def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
     assert set(body["probabilities"]) == set(CODES)
     assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-4)
     assert body["label"] in CODES and body["risk"] in {"malignant", "pre-malignant", "benign"}
-    assert isinstance(body["uncertain"], bool) and body["model_version"].startswith("mobilenet_v2")
+    assert isinstance(body["uncertain"], bool) and body["model_version"].startswith("efficientnet_lite0")
     assert body["heatmap"].startswith("data:image/png;base64,")
     assert "not a diagnosis" in body["disclaimer"]
     assert "heatmap" not in post(client, lesion_jpeg).json
