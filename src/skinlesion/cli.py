@@ -119,8 +119,9 @@ def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
               help="How to balance classes the data stage left imbalanced.")
 @click.option("--no-pretrained", is_flag=True, help="Train efficientnet_lite0 from scratch too.")
 @click.option("--no-augment", is_flag=True)
-@click.option("--augmentation", type=click.Choice(["standard", "strong"]), default="standard", show_default=True,
-              help="How hard to augment: strong adds any rotation, more zoom, colour casts and a blanked square.")
+@click.option("--augmentation", type=click.Choice(["standard", "strong", "ringed"]), default="standard",
+              show_default=True, help="How to augment: strong adds any rotation, more zoom, colour casts and a "
+              "blanked square; ringed paints a round dermatoscope field on 30% of images.")
 @click.option("--patience", default=8, show_default=True, help="Epochs without a better --select score before "
               "stopping.")
 @select_option

@@ -1,0 +1,95 @@
+"""Stress test: a model's balanced accuracy when every photo of a split gets a dermatoscope's black ring.
+
+Usage: python scripts/ring_stress.py MODEL PREPARED_DIR [--data DIR] [--split val] [--factors 1.0,0.85]
+MODEL is a run folder, model.pt or an exported .onnx file; PREPARED_DIR gives the split (splits.csv) and the data
+folder its images come from. Each photo is blacked out outside a centred circle whose radius is FACTOR times half
+its longer side (1.0: black corners; 0.85: a ring), then goes through the one loader (imaging.model_input, which
+paints the border over). Calibration is cross-fitted on the clean photos: fitted on one half of the split's
+clean logits, applied to the other half's logits in each condition (3 halvings, as training scores epochs).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from skinlesion.calibration import calibrated_logits, fit_calibration
+from skinlesion.evaluate import resolve_model, saved_model_logits
+from skinlesion.imaging import model_input, open_rgb
+from skinlesion.metrics import balanced_accuracy
+
+
+def blacken_outside_circle(image: Image.Image, factor: float) -> Image.Image:
+    w, h = image.size
+    r = factor * max(w, h) / 2
+    mask = Image.new("L", image.size, 0)
+    ImageDraw.Draw(mask).ellipse((w / 2 - r, h / 2 - r, w / 2 + r, h / 2 + r), fill=255)
+    ringed = Image.new("RGB", image.size, (0, 0, 0))
+    ringed.paste(image, mask=mask)
+    return ringed
+
+
+def cross_fitted_recalls(clean: np.ndarray, logits: np.ndarray, y: np.ndarray, halvings: int = 3) -> np.ndarray:
+    """Per-class recall (halvings x K) of `logits` under calibration fitted on the other half's clean logits."""
+    rng = np.random.default_rng(0)
+    k = clean.shape[1]
+    recalls = []
+    for _ in range(halvings):
+        half = np.zeros(len(y), dtype=bool)
+        for c in range(k):
+            members = rng.permutation(np.flatnonzero(y == c))
+            half[members[: len(members) // 2]] = True
+        predicted = np.zeros(len(y), dtype=int)
+        for part in (half, ~half):
+            temperature, class_bias = fit_calibration(clean[~part], y[~part])
+            predicted[part] = calibrated_logits(logits[part], temperature, class_bias).argmax(axis=1)
+        recalls.append([(predicted[y == c] == c).mean() for c in range(k)])
+    return np.array(recalls)
+
+
+def input_spec(model_path: Path) -> tuple[int, str]:
+    """The model's input size and resize policy."""
+    if model_path.suffix == ".onnx":
+        from skinlesion.predict import Predictor
+        predictor = Predictor(model_path)
+        return predictor.size, predictor.policy
+    from skinlesion.models import load_model
+    meta = load_model(model_path)[1]
+    return meta["size"], meta["policy"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("prepared", type=Path)
+    parser.add_argument("--data", type=Path, help="ISIC 2019 folder (default: the one the data was prepared from)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--factors", default="1.0,0.85")
+    args = parser.parse_args()
+    model_path = resolve_model(args.model)
+    data = args.data or Path(json.loads((args.prepared / "prepared.json").read_text())["data"])
+    rows = pd.read_csv(args.prepared / "splits.csv")
+    rows = rows[rows["split"] == args.split]
+    images = [open_rgb(data / "ISIC_2019_Training_Input" / f"{name}.jpg") for name in rows["image"]]
+    size, policy = input_spec(model_path)
+    results, clean, y = [], None, None
+    for factor in [0.0] + [float(f) for f in args.factors.split(",")]:
+        pixels = np.stack([model_input(blacken_outside_circle(im, factor) if factor else im, size, policy)
+                           for im in images])
+        logits, meta = saved_model_logits(model_path, pixels)
+        if clean is None:
+            clean, y = logits, rows["label"].map({c: i for i, c in enumerate(meta["classes"])}).to_numpy()
+        recalls = cross_fitted_recalls(clean, logits, y)
+        raw = balanced_accuracy(y, logits.argmax(1), len(meta["classes"]))
+        per_class = dict(zip(meta["classes"], recalls.mean(0).round(3).tolist()))
+        results.append({"ring": factor or "none", "bacc": round(float(recalls.mean()), 3),
+                        "raw top class": round(raw, 3), **per_class})
+        print(results[-1], flush=True)
+    print(pd.DataFrame(results).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
