@@ -87,7 +87,7 @@ def main():
         per_class = dict(zip(meta["classes"], recalls.mean(0).round(3).tolist()))
         results.append({"ring": factor or "none", "bacc": round(float(recalls.mean()), 3),
                         "raw top class": round(raw, 3), **per_class})
-        print(results[-1], flush=True)
+        print(json.dumps(results[-1]), flush=True)
     print(pd.DataFrame(results).to_string(index=False))
 
 
