@@ -34,6 +34,17 @@ def test_a_dark_border_is_painted_with_skin_and_the_field_is_left_alone(shared_d
     assert np.array_equal(filled[centre, centre], ringed[centre, centre])
 
 
+def test_a_border_behind_a_thin_light_frame_is_painted_too(shared_data):
+    photo = Image.open(shared_data / IMAGE_DIR / "ISIC_0024306.jpg").convert("RGB").resize((96, 96))
+    framed = with_black_ring(photo, 0.85)
+    ImageDraw.Draw(framed).rectangle((0, 0, 95, 95), outline=(60, 60, 60))  # as downsizing left round ISIC_0000004
+    filled = fill_dark_border(np.asarray(framed))
+    assert (grey(filled)[:8, :8] > 100).all()  # the frame and the border behind it, now skin-coloured
+    thicker = with_black_ring(photo, 0.85)
+    ImageDraw.Draw(thicker).rectangle((0, 0, 95, 95), outline=(60, 60, 60), width=4)  # a real frame: left alone
+    assert np.array_equal(fill_dark_border(np.asarray(thicker)), np.asarray(thicker))
+
+
 def test_photos_without_a_border_and_dark_lesions_inside_are_unchanged(shared_data):
     photo = np.asarray(Image.open(shared_data / IMAGE_DIR / "ISIC_0024306.jpg").convert("RGB").resize((96, 96)))
     assert fill_dark_border(photo) is photo

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from skinlesion.imaging import ImageError, RESIZE_POLICIES, difference_hash, fill_dark_border, open_rgb, resize
 
-PREPROCESSING = "dark-border-filled"  # changes whenever imaging's output changes, so older caches are rebuilt
+PREPROCESSING = "dark-border-filled-2"  # changes whenever imaging's output changes, so older caches are rebuilt
 
 
 @dataclass(frozen=True)
