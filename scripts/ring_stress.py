@@ -73,12 +73,13 @@ def main():
     data = args.data or Path(json.loads((args.prepared / "prepared.json").read_text())["data"])
     rows = pd.read_csv(args.prepared / "splits.csv")
     rows = rows[rows["split"] == args.split]
-    images = [open_rgb(data / "ISIC_2019_Training_Input" / f"{name}.jpg") for name in rows["image"]]
+    paths = [data / "ISIC_2019_Training_Input" / f"{name}.jpg" for name in rows["image"]]
     size, policy = input_spec(model_path)
     results, clean, y = [], None, None
     for factor in [0.0] + [float(f) for f in args.factors.split(",")]:
-        pixels = np.stack([model_input(blacken_outside_circle(im, factor) if factor else im, size, policy)
-                           for im in images])
+        # Decoded again for each ring, at full size: the ring is drawn on the photo, before the loader resizes it.
+        pixels = np.stack([model_input(blacken_outside_circle(open_rgb(path), factor) if factor else open_rgb(path),
+                                       size, policy) for path in paths])
         logits, meta = saved_model_logits(model_path, pixels)
         if clean is None:
             clean, y = logits, rows["label"].map({c: i for i, c in enumerate(meta["classes"])}).to_numpy()

@@ -101,8 +101,8 @@ class TrainPreset:
         b, _, h, w = x.shape
         chosen = (torch.rand(b, device=x.device) < self.field_ring).view(b, 1, 1)
         radius = (0.7 + torch.rand(b, 1, 1, device=x.device) * 0.5) * max(h, w) / 2  # 0.7-1.2 of the half side
-        centre = (torch.rand(b, 2, 1, 1, device=x.device) - 0.5) * 0.1 * torch.tensor([h, w], device=x.device).view(
-            1, 2, 1, 1) + torch.tensor([h - 1, w - 1], device=x.device).view(1, 2, 1, 1) / 2
+        side = torch.tensor([h, w], device=x.device, dtype=x.dtype).view(1, 2, 1, 1)
+        centre = (side - 1) / 2 + (torch.rand(b, 2, 1, 1, device=x.device) - 0.5) * 0.1 * side  # moved up to 5%
         rows = torch.arange(h, device=x.device).view(1, h, 1)
         cols = torch.arange(w, device=x.device).view(1, 1, w)
         outside = (rows - centre[:, 0]) ** 2 + (cols - centre[:, 1]) ** 2 > radius ** 2  # (B, H, W)
