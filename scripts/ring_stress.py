@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from skinlesion.calibration import calibrated_logits, fit_calibration
+from skinlesion.calibration import cross_fitted_decisions
 from skinlesion.evaluate import resolve_model, saved_model_logits
 from skinlesion.imaging import model_input, open_rgb
 from skinlesion.metrics import balanced_accuracy
@@ -30,24 +30,6 @@ def blacken_outside_circle(image: Image.Image, factor: float) -> Image.Image:
     ringed = Image.new("RGB", image.size, (0, 0, 0))
     ringed.paste(image, mask=mask)
     return ringed
-
-
-def cross_fitted_recalls(clean: np.ndarray, logits: np.ndarray, y: np.ndarray, halvings: int = 3) -> np.ndarray:
-    """Per-class recall (halvings x K) of `logits` under calibration fitted on the other half's clean logits."""
-    rng = np.random.default_rng(0)
-    k = clean.shape[1]
-    recalls = []
-    for _ in range(halvings):
-        half = np.zeros(len(y), dtype=bool)
-        for c in range(k):
-            members = rng.permutation(np.flatnonzero(y == c))
-            half[members[: len(members) // 2]] = True
-        predicted = np.zeros(len(y), dtype=int)
-        for part in (half, ~half):
-            temperature, class_bias = fit_calibration(clean[~part], y[~part])
-            predicted[part] = calibrated_logits(logits[part], temperature, class_bias).argmax(axis=1)
-        recalls.append([(predicted[y == c] == c).mean() for c in range(k)])
-    return np.array(recalls)
 
 
 def input_spec(model_path: Path) -> tuple[int, str]:
@@ -83,7 +65,9 @@ def main():
         logits, meta = saved_model_logits(model_path, pixels)
         if clean is None:
             clean, y = logits, rows["label"].map({c: i for i, c in enumerate(meta["classes"])}).to_numpy()
-        recalls = cross_fitted_recalls(clean, logits, y)
+        decisions = cross_fitted_decisions(clean, y, scored=logits)
+        recalls = np.array([[(predicted[y == c] == c).mean() for c in range(len(meta["classes"]))]
+                            for predicted in decisions])  # (halvings, K)
         raw = balanced_accuracy(y, logits.argmax(1), len(meta["classes"]))
         per_class = dict(zip(meta["classes"], recalls.mean(0).round(3).tolist()))
         results.append({"ring": factor or "none", "bacc": round(float(recalls.mean()), 3),

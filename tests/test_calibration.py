@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from skinlesion.calibration import cross_fitted_balanced_accuracy, fit_calibration, fit_temperature, softmax
+from skinlesion.calibration import (cross_fitted_balanced_accuracy, cross_fitted_decisions, fit_calibration,
+                                   fit_temperature, softmax)
 from skinlesion.metrics import balanced_accuracy, class_balanced_weights, expected_calibration_error
 
 
@@ -43,3 +44,17 @@ def test_cross_fitted_score_rates_the_calibrated_decision_not_the_raw_top_class(
     assert cross_fitted_balanced_accuracy(skewed, y) == pytest.approx(fair, abs=0.02)
     # Scored on images its calibration never saw: pure noise stays at chance instead of fitting itself.
     assert cross_fitted_balanced_accuracy(rng.normal(size=(300, 3)), rng.integers(0, 3, 300)) < 0.45
+
+
+def test_cross_fitted_decisions_score_another_view_under_the_plain_views_calibration():
+    rng = np.random.default_rng(4)
+    y = rng.choice(3, size=2000, p=[0.7, 0.2, 0.1])
+    plain = 2 * np.eye(3)[y] + rng.normal(size=(len(y), 3)) + np.array([3.0, 0.0, 0.0])
+    decisions = cross_fitted_decisions(plain, y)
+    assert len(decisions) == 3
+    assert np.mean([balanced_accuracy(y, d, 3) for d in decisions]) == pytest.approx(
+        cross_fitted_balanced_accuracy(plain, y))
+    assert all(np.array_equal(a, b) for a, b in zip(decisions, cross_fitted_decisions(plain, y, scored=plain)))
+    # A view that pushes every image toward class 2 is decided under the plain calibration, not refitted to it.
+    pushed = cross_fitted_decisions(plain, y, scored=plain + np.array([0.0, 0.0, 3.0]))
+    assert all((p == 2).mean() > (d == 2).mean() + 0.3 for p, d in zip(pushed, decisions))

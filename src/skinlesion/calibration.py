@@ -65,23 +65,33 @@ def cross_fitted_balanced_accuracy(logits: np.ndarray, y_true: np.ndarray, halvi
     """Return the balanced accuracy of calibrated predictions, calibration fitted on one half and scored on the other.
 
     Training selects checkpoints by it (by default): the calibrated decision is the one we ship; the top class of
-    the raw logits is a poor proxy for it (near chance for a network trained on the natural class mix). Halves are
-    drawn within each class, so both hold every class that has two or more images.
+    the raw logits is a poor proxy for it (near chance for a network trained on the natural class mix).
+    """
+    decisions = cross_fitted_decisions(logits, y_true, halvings, seed)
+    return float(np.mean([balanced_accuracy(y_true, predicted, logits.shape[1]) for predicted in decisions]))
+
+
+def cross_fitted_decisions(logits: np.ndarray, y_true: np.ndarray, halvings: int = 3, seed: int = 0,
+                           scored: np.ndarray | None = None) -> list[np.ndarray]:
+    """Return the calibrated top class of every image, once per halving: calibration fitted on one half's `logits`
+    decides the other half's `scored` logits (default: the same logits; another view of the same images, e.g.
+    ringed photos, is scored under the calibration of the plain ones). Halves are drawn within each class, so both
+    hold every class that has two or more images.
     """
     rng = np.random.default_rng(seed)
-    k = logits.shape[1]
-    scores = []
+    scored = logits if scored is None else scored
+    decisions = []
     for _ in range(halvings):
         half = np.zeros(len(y_true), dtype=bool)
-        for c in range(k):
+        for c in range(logits.shape[1]):
             members = rng.permutation(np.flatnonzero(y_true == c))
             half[members[: len(members) // 2]] = True
         predicted = np.zeros(len(y_true), dtype=int)
         for part in (half, ~half):
             temperature, class_bias = fit_calibration(logits[~part], y_true[~part])
-            predicted[part] = calibrated_logits(logits[part], temperature, class_bias).argmax(axis=1)
-        scores.append(balanced_accuracy(y_true, predicted, k))
-    return float(np.mean(scores))
+            predicted[part] = calibrated_logits(scored[part], temperature, class_bias).argmax(axis=1)
+        decisions.append(predicted)
+    return decisions
 
 
 def calibrated(logits: np.ndarray, meta: dict) -> np.ndarray:
