@@ -6,6 +6,12 @@ from skinlesion.presets import AUGMENTATIONS, EvalPreset, TrainPreset
 from skinlesion.training import TrainConfig
 
 
+def only(**augmentation) -> TrainPreset:
+    """A preset with every standard augmentation off, then the given ones on."""
+    return TrainPreset(**{"flip": False, "rotate90": False, "rotate_degrees": 0, "scale": 0, "shift": 0,
+                          "brightness": 0, "contrast": 0, "saturation": 0, **augmentation})
+
+
 def test_eval_preset_only_reorders_and_converts():
     pixels = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
     x = EvalPreset()(pixels)
@@ -21,16 +27,14 @@ def test_train_preset_augments_within_range():
     assert x.shape == (16, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
     assert 0 <= x.min() and x.max() <= 255
     assert not torch.allclose(x, EvalPreset()(pixels))
-    off = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
-                      brightness=0, contrast=0, saturation=0)(pixels)
+    off = only()(pixels)
     assert torch.allclose(off, EvalPreset()(pixels), atol=1e-3)
 
 
 def test_cutout_blanks_one_square_of_the_image_mean_colour():
     torch.manual_seed(1)
     pixels = torch.randint(0, 256, (8, 40, 40, 3), dtype=torch.uint8)
-    only_cutout = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
-                              brightness=0, contrast=0, saturation=0, cutout=0.5)
+    only_cutout = only(cutout=0.5)
     x, plain = only_cutout(pixels), EvalPreset()(pixels)
     for image, original in zip(x, plain):
         changed = (image - original).abs().amax(0) > 1e-3  # (H, W)
@@ -43,8 +47,7 @@ def test_cutout_blanks_one_square_of_the_image_mean_colour():
 def test_channel_gain_casts_colour_within_its_range():
     torch.manual_seed(2)
     pixels = torch.full((64, 8, 8, 3), 100, dtype=torch.uint8)
-    only_gain = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
-                            brightness=0, contrast=0, saturation=0, channel_gain=0.1)
+    only_gain = only(channel_gain=0.1)
     x = only_gain(pixels)
     assert 90 - 1e-3 <= x.min() and x.max() <= 110 + 1e-3
     assert (x[:, 0] - x[:, 1]).abs().max() > 5  # channels move apart: a colour cast, not brightness
@@ -66,8 +69,7 @@ def test_an_unknown_augmentation_is_refused_with_the_choices():
 def test_ringed_augmentation_paints_outside_a_round_field_with_the_field_colour():
     torch.manual_seed(4)
     pixels = torch.randint(0, 256, (64, 48, 48, 3), dtype=torch.uint8)
-    only_ring = TrainPreset(flip=False, rotate90=False, rotate_degrees=0, scale=0, shift=0,
-                            brightness=0, contrast=0, saturation=0, field_ring=0.3)
+    only_ring = only(field_ring=0.3)
     x, plain = only_ring(pixels), EvalPreset()(pixels)
     changed = (x - plain).abs().amax(1) > 1e-3  # (B, H, W)
     ringed = changed.flatten(1).any(1)
