@@ -6,8 +6,8 @@ import pytest
 
 from skinlesion.calibration import softmax
 from skinlesion.evaluate import write_submission, write_truth
-from skinlesion.metrics import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix,
-                                expected_calibration_error, per_class_table, roc_auc)
+from skinlesion.metrics import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix, describe_metrics,
+                                expected_calibration_error, per_class_table, roc_auc, summarise)
 
 
 def test_balanced_accuracy_by_hand():
@@ -30,6 +30,15 @@ def test_balanced_accuracy_interval_widens_with_fewer_images():
     assert low < score < high and 0.1 < high - low < 0.3  # the 20-image class dominates the uncertainty
     big_low, big_high = balanced_accuracy_interval(np.repeat([0, 1], 1000), np.repeat([0, 1], 1000), 2)
     assert (big_low, big_high) == (1.0, 1.0)
+
+
+def test_description_puts_balanced_accuracy_first_and_marks_absent_classes():
+    y_true = np.array([0, 0, 0, 0, 1, 1])
+    probs = np.eye(3)[[0, 0, 0, 1, 1, 0]] * 0.9 + 0.1 / 3  # class 2 has no image
+    lines = describe_metrics(summarise(y_true, probs, ["A", "B", "C"])).splitlines()
+    assert lines[0].startswith("balanced accuracy: 0.6250")  # (3/4 + 1/2) / 2: absent classes do not count
+    assert lines[1] == "recall per class: A 0.750  B 0.500  C -"
+    assert lines[2].endswith("images: 6")
 
 
 def test_auc_and_ece_by_hand():

@@ -64,7 +64,7 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
     from dataclasses import replace
 
     from skinlesion.cache import CacheConfig
-    from skinlesion.prepare import PrepareConfig, prepare as run_prepare
+    from skinlesion.prepare import PrepareConfig, describe_summary, prepare as run_prepare
     from skinlesion.splits import SplitConfig, balance_preset
 
     def build():
@@ -80,26 +80,7 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
         config = PrepareConfig(balance, split, CacheConfig(size, policy, workers))
         return run_prepare(data_dir, out_dir, config)
 
-    summary = fail_cleanly(build)
-    echo_prepare_summary(summary, out_dir)
-
-
-def echo_prepare_summary(summary: dict, out_dir: Path) -> None:
-    """Print class counts before and after balancing, per split, and what was skipped."""
-    click.echo(f"read {summary['images_read']} images "
-               f"({'cache reused' if summary['cache_reused'] else 'cache built'}: {summary['cache']})")
-    click.echo("images per class before balancing:")
-    click.echo("  " + "  ".join(f"{k} {v}" for k, v in summary["counts_before"].items()))
-    if summary["dropped_classes"]:
-        click.echo(f"dropped classes (too few images): {', '.join(summary['dropped_classes'])}")
-    click.echo("images per class and split after balancing:")
-    click.echo(pd.DataFrame(summary["counts_after"]).to_string())
-    click.echo(f"near-duplicate pairs: {summary['near_duplicate_pairs']}, across splits: "
-               f"{summary['near_duplicate_pairs_across_splits']} (see {out_dir / 'near_duplicates.csv'})")
-    click.echo(f"lesions with images in more than one split: {summary['lesions_across_splits']}")
-    if summary["problems"]:
-        click.echo(f"skipped {summary['problems']} problem rows or images (see {out_dir / 'problems.csv'})")
-    click.echo(f"manifest: {out_dir / 'splits.csv'}")
+    click.echo(describe_summary(fail_cleanly(build), out_dir))
 
 
 @main.command()
@@ -168,21 +149,11 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
 def evaluate(model_path, prepared_dir, split, out_dir):
     """Score a run, model.pt or exported .onnx file on one split: balanced accuracy first, then the rest."""
     from skinlesion.evaluate import evaluate_model
+    from skinlesion.metrics import describe_metrics
 
     metrics, out_dir = fail_cleanly(lambda: evaluate_model(model_path, prepared_dir, split, out_dir))
-    echo_metrics(metrics)
+    click.echo(describe_metrics(metrics))
     click.echo(f"report: {out_dir}")
-
-
-def echo_metrics(metrics: dict) -> None:
-    low, high = metrics["balanced_accuracy_ci95"]
-    click.echo(f"balanced accuracy: {metrics['balanced_accuracy']:.4f}  (mean per-class recall, the ISIC metric; "
-               f"95% interval {low:.3f}-{high:.3f})")
-    click.echo("recall per class: " + "  ".join(
-        f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in metrics["recall"].items()))
-    click.echo(f"accuracy: {metrics['accuracy']:.4f}   macro AUC: {metrics['macro_auc']:.4f}   "
-               f"ECE: {metrics['ece']:.4f} (classes weighted equally: {metrics['ece_class_balanced']:.4f})   "
-               f"images: {metrics['images']}")
 
 
 @main.command()

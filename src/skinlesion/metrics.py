@@ -99,3 +99,17 @@ def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
         "recall": {c: (None if np.isnan(r) else float(r)) for c, r in table["recall"].items()},
         "images": int(len(y_true)),
     }
+
+
+def describe_metrics(metrics: dict) -> str:
+    """Return summarise()'s metrics as lines for a terminal, balanced accuracy first."""
+    low, high = metrics["balanced_accuracy_ci95"]
+    recall = "  ".join(f"{c} {'-' if r is None else f'{r:.3f}'}" for c, r in metrics["recall"].items())
+    return "\n".join([
+        f"balanced accuracy: {metrics['balanced_accuracy']:.4f}  (mean per-class recall, the ISIC metric; "
+        f"95% interval {low:.3f}-{high:.3f})",
+        f"recall per class: {recall}",
+        f"accuracy: {metrics['accuracy']:.4f}   macro AUC: {metrics['macro_auc']:.4f}   "
+        f"ECE: {metrics['ece']:.4f} (classes weighted equally: {metrics['ece_class_balanced']:.4f})   "
+        f"images: {metrics['images']}",
+    ])

@@ -135,3 +135,21 @@ def load_prepared(out_dir: Path) -> Prepared:
     table = pd.read_csv(out_dir / MANIFEST, dtype={"lesion_id": str, "group": str}, keep_default_na=False)
     pixels = np.load(out_dir / meta["cache"], mmap_mode="r")
     return Prepared(out_dir, table, pixels, tuple(meta["classes"]), meta["size"], meta["policy"])
+
+
+def describe_summary(summary: dict, out_dir: Path) -> str:
+    """Return prepare()'s summary as lines for a terminal: counts before and after balancing, what was skipped."""
+    lines = [f"read {summary['images_read']} images "
+             f"({'cache reused' if summary['cache_reused'] else 'cache built'}: {summary['cache']})",
+             "images per class before balancing:",
+             "  " + "  ".join(f"{k} {v}" for k, v in summary["counts_before"].items())]
+    if summary["dropped_classes"]:
+        lines.append(f"dropped classes (too few images): {', '.join(summary['dropped_classes'])}")
+    lines += ["images per class and split after balancing:", pd.DataFrame(summary["counts_after"]).to_string(),
+              f"near-duplicate pairs: {summary['near_duplicate_pairs']}, across splits: "
+              f"{summary['near_duplicate_pairs_across_splits']} (see {out_dir / NEAR_DUPLICATES_CSV})",
+              f"lesions with images in more than one split: {summary['lesions_across_splits']}"]
+    if summary["problems"]:
+        lines.append(f"skipped {summary['problems']} problem rows or images (see {out_dir / PROBLEMS_CSV})")
+    lines.append(f"manifest: {out_dir / MANIFEST}")
+    return "\n".join(lines)
