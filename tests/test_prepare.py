@@ -32,6 +32,11 @@ def test_prepare_on_the_real_sample_writes_a_reproducible_manifest(shared_data, 
     paper = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--protocol", "paper")
     assert "cache reused" in paper.output
     assert json.loads((tmp_path / "p" / "prepared.json").read_text())["lesions_across_splits"] > 100
+    fold = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--folds", 5, "--fold", 2)
+    assert "cache reused" in fold.output and "lesions with images in more than one split: 0" in fold.output
+    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["config"]["split"]["fold"] == 2
+    bad = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--folds", 5, "--fold", 5)
+    assert bad.exit_code == 1 and "Error: --fold 5 is out of range for --folds 5; choose 0-4" in bad.output
 
 
 def test_bad_images_are_listed_in_the_problem_report(small_layout, tmp_path):

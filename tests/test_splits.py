@@ -58,6 +58,26 @@ def test_splits_are_seeded_and_stratified(sample):
     assert np.allclose(share["test"], 0.15, atol=0.04), share
 
 
+def test_folds_test_every_image_once_and_keep_lesions_apart(sample):
+    tables = [assign_splits(sample, BALANCE_PRESETS["all"], SplitConfig(folds=5, fold=k)).table for k in range(5)]
+    tested = pd.concat([t.loc[t["split"] == "test", "image"] for t in tables])
+    assert tested.is_unique and set(tested) == set(sample["image"])
+    for table in tables:
+        train, val, test = (used_lesions(table, s) for s in ("train", "val", "test"))
+        assert not train & val and not train & test and not val & test
+        share = pd.crosstab(table["label"], table["split"], normalize="index")
+        assert np.allclose(share["test"], 0.20, atol=0.04) and np.allclose(share["val"], 0.15, atol=0.04), share
+        assert set(table["split"]) == {"train", "val", "test"}  # the "all" preset leaves no image unused
+
+
+@pytest.mark.parametrize("folds, fold, val, problem", [
+    (1, 0, 0.15, "at least 2 folds"), (5, 5, 0.15, "choose 0-4"), (5, -1, 0.15, "choose 0-4"),
+    (2, 0, 0.6, "between 0 and 0.50")])
+def test_bad_fold_settings_name_the_option(folds, fold, val, problem):
+    with pytest.raises(ValueError, match=problem):
+        SplitConfig(val_fraction=val, folds=folds, fold=fold)
+
+
 def test_threshold_drops_small_classes_and_cap_undersamples():
     table = pd.DataFrame({"image": [f"i{k}" for k in range(60)], "lesion_id": "",
                           "label": ["MEL"] * 40 + ["NV"] * 15 + ["DF"] * 5})

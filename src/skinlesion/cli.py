@@ -58,8 +58,11 @@ def main():
               help="Do not put near-identical images into the same group before splitting.")
 @click.option("--splits-from", type=click.Path(path_type=Path), default=None,
               help="Reuse the split of this earlier prepared folder (e.g. the same data at another --size).")
+@click.option("--folds", default=0, show_default=True, help="Cross-validation: deal the groups into this many folds "
+              "and make --fold of them the test split (replaces --test-fraction); 0 = one split.")
+@click.option("--fold", default=0, show_default=True, help="Which fold (0 to --folds - 1) is the test split.")
 def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol, val_fraction, test_fraction,
-            seed, size, policy, workers, no_merge_near_duplicates, splits_from):
+            seed, size, policy, workers, no_merge_near_duplicates, splits_from, folds, fold):
     """Read ISIC 2019, split by lesion, balance, and cache resized pixels."""
     from dataclasses import replace
 
@@ -76,7 +79,7 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
         if cap is not None:
             balance = replace(balance, cap=cap or None)
         split = SplitConfig(protocol, val_fraction, test_fraction, seed, not no_merge_near_duplicates,
-                            str(splits_from or ""))
+                            str(splits_from or ""), folds, fold)
         config = PrepareConfig(balance, split, CacheConfig(size, policy, workers))
         return run_prepare(data_dir, out_dir, config)
 

@@ -39,6 +39,21 @@ class SplitConfig:
     seed: int = 0
     merge_near_duplicates: bool = True  # near-identical images join one group, as lesion ids miss some
     splits_from: str = ""  # an earlier prepared folder whose split to reuse (same test set at another input size)
+    # Cross-validation: folds = K >= 2 deals the groups into K folds and fold I of them is test (test_fraction is
+    # then 1/K), so K prepares with folds 0..K-1 test every image once; val_fraction stays a share of all images.
+    folds: int = 0
+    fold: int = 0
+
+    def __post_init__(self):
+        if not self.folds:
+            return
+        if self.folds < 2:
+            raise ValueError(f"--folds {self.folds}: cross-validation needs at least 2 folds (0 = one split)")
+        if not 0 <= self.fold < self.folds:
+            raise ValueError(f"--fold {self.fold} is out of range for --folds {self.folds}; choose 0-{self.folds - 1}")
+        if not 0 < self.val_fraction < 1 - 1 / self.folds:
+            raise ValueError(f"--val-fraction {self.val_fraction} must be between 0 and {1 - 1 / self.folds:.2f}, "
+                             f"the share of images {self.folds} folds leave outside the test fold")
 
 
 @dataclass
@@ -96,29 +111,39 @@ def lesion_groups(table: pd.DataFrame, near_duplicate_pairs=()) -> pd.Series:
 
 
 def split_groups(table: pd.DataFrame, groups: pd.Series, config: SplitConfig) -> pd.Series:
-    """Assign whole groups to splits, stratified by each group's majority label, seeded."""
-    fractions = {"train": 1 - config.val_fraction - config.test_fraction,
-                 "val": config.val_fraction, "test": config.test_fraction}
+    """Assign whole groups to splits (or test to one of config.folds folds), stratified by majority label, seeded."""
     rng = np.random.default_rng(config.seed)
     frame = pd.DataFrame({"group": groups, "label": table["label"]})
     votes = frame.groupby(["group", "label"]).size().reset_index(name="n")
     votes = votes.sort_values(["group", "n", "label"], ascending=[True, False, True]).drop_duplicates("group")
     group_label = votes.set_index("group")["label"]  # the majority label of each group
     group_size = frame.groupby("group").size()
-    split_of = {}
+    if not config.folds:
+        fractions = {"test": config.test_fraction, "val": config.val_fraction,
+                     "train": 1 - config.val_fraction - config.test_fraction}
+        return groups.map(deal_groups(group_label, group_size, fractions, rng)).rename("split")
+    fold_of = deal_groups(group_label, group_size, dict.fromkeys(range(config.folds), 1 / config.folds), rng)
+    rest = group_label[[fold_of[g] != config.fold for g in group_label.index]]
+    val = config.val_fraction / (1 - 1 / config.folds)  # of the images outside the test fold
+    split_of = deal_groups(rest, group_size, {"val": val, "train": 1 - val}, rng)
+    return groups.map(lambda g: split_of.get(g, "test")).rename("split")
+
+
+def deal_groups(group_label: pd.Series, group_size: pd.Series, fractions: dict, rng) -> dict:
+    """Deal the groups of each label into the named parts by their fractions of images; ties go to the first part."""
+    part_of = {}
     for label in sorted(group_label.unique()):
         members = group_label.index[group_label == label].to_numpy()
         members = members[rng.permutation(len(members))]
         # Largest groups first so the small ones can even out the counts at the end.
         members = sorted(members, key=lambda g: -group_size[g])
         total = group_size[members].sum()
-        filled = dict.fromkeys(SPLITS, 0)
+        filled = dict.fromkeys(fractions, 0)
         for group in members:
-            deficit = {s: fractions[s] * total - filled[s] for s in SPLITS}
-            chosen = max(SPLITS[::-1], key=lambda s: deficit[s])  # ties go to test, then val
-            split_of[group] = chosen
+            chosen = max(fractions, key=lambda part: fractions[part] * total - filled[part])
+            part_of[group] = chosen
             filled[chosen] += group_size[group]
-    return groups.map(split_of).rename("split")
+    return part_of
 
 
 def split_images(table: pd.DataFrame, config: SplitConfig) -> pd.Series:
