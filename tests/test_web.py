@@ -3,10 +3,12 @@ import os
 import tempfile
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from skinlesion.classes import CODES
-from skinlesion.web import create_app
+from skinlesion.cli import main
+from skinlesion.web import create_app, settings_from_environment
 
 
 def post(client, data: bytes, name="photo.jpg", headers=None, **fields):
@@ -163,3 +165,22 @@ def test_serving_never_imports_torch(tiny_onnx, lesion_jpeg, tmp_path):
         "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_server_settings_come_from_the_environment():
+    assert settings_from_environment({}) == {"MODEL": None, "MODEL_THREADS": 0, "RATE_LIMIT": 60, "TRUSTED_PROXIES": 0}
+    settings = settings_from_environment({"SKINLESION_RATE_LIMIT": " 5 ", "SKINLESION_MODEL": "m.onnx"})
+    assert settings["RATE_LIMIT"] == 5 and settings["MODEL"] == "m.onnx"
+
+
+@pytest.mark.parametrize("variable, value", [("SKINLESION_RATE_LIMIT", "abc"), ("SKINLESION_RATE_LIMIT", "0"),
+                                             ("SKINLESION_THREADS", "-1"), ("SKINLESION_TRUSTED_PROXIES", "one")])
+def test_serve_refuses_a_bad_setting_by_name_before_starting_workers(variable, value):
+    result = CliRunner().invoke(main, ["serve"], env={variable: value})
+    assert result.exit_code == 1 and f"{variable}={value!r}: expected a whole number" in result.output
+    assert "Traceback" not in result.output and "serving on" not in result.output
+
+
+def test_serve_checks_the_model_named_in_the_environment(tmp_path):
+    result = CliRunner().invoke(main, ["serve"], env={"SKINLESION_MODEL": str(tmp_path / "missing.onnx")})
+    assert result.exit_code == 1 and "missing.onnx: model not found" in result.output

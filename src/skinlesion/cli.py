@@ -245,17 +245,20 @@ def predict(inputs, model_path, output, output_format, batch_size):
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="gunicorn worker processes.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="An .onnx file from 'skinlesion export' (default: the bundled model).")
 @click.option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
 def serve(host, port, workers, model_path, dev):
     """Serve the web page and the JSON API (gunicorn by default)."""
     from skinlesion.predict import Predictor
+    from skinlesion.web import settings_from_environment
     from skinlesion.web.server import serve as run_server
 
-    fail_cleanly(lambda: Predictor(model_path))  # a missing or wrong model fails here, not in every worker
+    # A bad setting or a missing or wrong model fails here with its name, not in a restart loop of every worker.
+    settings = fail_cleanly(settings_from_environment)
+    fail_cleanly(lambda: Predictor(model_path or settings["MODEL"]))
     click.echo(f"serving on http://{host}:{port}  (research tool, not a diagnosis)")
     run_server(host, port, workers, str(model_path) if model_path else None, dev)
 

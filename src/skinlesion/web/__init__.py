@@ -15,18 +15,38 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
+# Settings a server reads from its environment: config key -> (variable, default, least allowed value).
+ENVIRONMENT = {
+    "MODEL_THREADS": ("SKINLESION_THREADS", 0, 0),  # onnxruntime threads per worker; 0: up to 4
+    "RATE_LIMIT": ("SKINLESION_RATE_LIMIT", 60, 1),  # predictions per client per minute
+    # Reverse proxies in front of the app (e.g. 1 for nginx): only then is X-Forwarded-For the client's address.
+    # Off by default, since without a proxy a client could name any address and escape the rate limit.
+    "TRUSTED_PROXIES": ("SKINLESION_TRUSTED_PROXIES", 0, 0),
+}
+
+
+def settings_from_environment(environ=os.environ) -> dict:
+    """Read the server's settings from $SKINLESION_*; a bad value fails with the variable's name and what it needs."""
+    settings = {"MODEL": environ.get("SKINLESION_MODEL") or None}
+    for key, (variable, default, least) in ENVIRONMENT.items():
+        text = environ.get(variable, "").strip()
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise ValueError(f"{variable}={text!r}: expected a whole number of at least {least}")
+        settings[key] = value
+    return settings
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app; the model comes from test_config, $SKINLESION_MODEL or the bundled model."""
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config.from_mapping(
-        MODEL=os.environ.get("SKINLESION_MODEL") or None,
-        MODEL_THREADS=int(os.environ.get("SKINLESION_THREADS", "0")),
         MAX_CONTENT_LENGTH=10 * 1024 * 1024,  # 10 MB: far above any dermoscopic JPEG
-        RATE_LIMIT=int(os.environ.get("SKINLESION_RATE_LIMIT", "60")),  # predictions per client per minute
-        # Reverse proxies in front of the app (e.g. 1 for nginx): only then is X-Forwarded-For the client's address.
-        # Off by default, since without a proxy a client could name any address and escape the rate limit.
-        TRUSTED_PROXIES=int(os.environ.get("SKINLESION_TRUSTED_PROXIES", "0")),
+        **settings_from_environment(),
     )
     if test_config:
         app.config.update(test_config)
