@@ -105,3 +105,14 @@ def test_real_lesion_photos_pass_the_guard(shared_data):
     paths = sorted((shared_data / IMAGE_DIR).glob("ISIC_00*.jpg"))[::40][:200]
     refused = [p.name for p in paths if cannot_assess(img := open_rgb(p), resize(img, 64, "squash"))]
     assert len(refused) <= 2, refused
+
+
+@pytest.mark.parametrize("name", [
+    "ISIC_0024402", "ISIC_0025599", "ISIC_0026163", "ISIC_0027256",  # magenta and pink casts (VASC)
+    "ISIC_0026830", "ISIC_0028461",  # lilac casts
+    "ISIC_0013405_downsampled", "ISIC_0024337", "ISIC_0030676", "ISIC_0032170",  # faint lesions, little contrast
+])
+def test_dermoscope_colour_casts_and_faint_lesions_pass_the_guard(shared_data, tiny_onnx, name):
+    # Real photos of our sample that an earlier, narrower rule refused as "not skin" or "almost uniform".
+    result = Predictor(tiny_onnx).assess(shared_data / IMAGE_DIR / f"{name}.jpg")
+    assert result.assessable, result.reason
