@@ -15,6 +15,11 @@ def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, 
     assert (card["size"], card["policy"], card["arch"]) == (32, "squash", "efficientnet_lite0")
     assert card["weights"] == "float32"
     assert card["temperature"] > 0 and len(card["mean"]) == 3
+    # What it was trained and scored on travels with it, counted from the prepared manifest.
+    data, prepared = card["data"], load_prepared(prepared32)
+    assert (data["folder"], data["protocol"], data["images"]) == ("isic2019", "lesion", 12922)
+    for split in ("train", "val", "test"):
+        assert list(data[split]) == card["classes"] and sum(data[split].values()) == len(prepared.split(split))
     result = CliRunner().invoke(main, ["export", str(tiny_onnx.parent), "--out", str(tmp_path / "m.onnx"), "--fp16"])
     assert result.exit_code == 0, result.output
     assert "parity with PyTorch on 64 real images" in result.output
@@ -40,3 +45,13 @@ def test_dynamic_batch_axis(tiny_onnx, prepared32):
     assert maps.shape[:2] == (5, 6)
     single = predictor.run(pixels[2:3])[0]
     assert np.allclose(single[0], probs[2], atol=1e-5)
+
+
+def test_the_model_card_describes_the_data_the_model_saw(tiny_onnx, tmp_path):
+    from skinlesion.export import read_card, write_model_card
+    data = read_card(tiny_onnx)["data"]
+    card = write_model_card(tiny_onnx, tmp_path / "MODEL_CARD.md").read_text()
+    assert f"- Trained on {sum(data['train'].values()):,} of the 12,922 photos read from `isic2019`" in card
+    assert "12,922-image sample" not in card  # the project sample's wording is only for files without a record
+    thin = [f"{code} {n}" for code, n in data["test"].items() if n < 100]
+    assert thin and f"their test recalls rest on {', '.join(thin)} photos" in card

@@ -31,6 +31,18 @@ def test_pages_carry_the_disclaimer(client):
     assert b"Percentages assume all eight diagnoses are equally common" in client.get("/").data
 
 
+def test_the_model_page_says_what_the_served_model_was_trained_on_and_where_it_is_weak(client, tiny_onnx):
+    from skinlesion.export import read_card
+    data = read_card(tiny_onnx)["data"]
+    about = client.get("/about").get_data(as_text=True)
+    assert f"Trained on {sum(data['train'].values()):,} of the 12,922 photos read from isic2019" in about
+    assert "12,922-image sample" not in about
+    bundled = create_app({"TESTING": True}).test_client().get("/about").get_data(as_text=True)
+    assert "12,922-image sample" in bundled  # exported before cards recorded their data
+    # The bundled card's test recall for SCC is 0.367: the page warns that another answer does not rule it out.
+    assert "Squamous cell carcinoma was recognised in only 37% of held-out lesions" in bundled
+
+
 def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
     response = post(client, lesion_jpeg, heatmap="1")
     assert response.status_code == 200, response.json

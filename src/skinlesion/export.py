@@ -14,7 +14,7 @@ from skinlesion.evaluate import resolve_model, saved_model_logits
 from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
-from skinlesion.prepare import Prepared, load_prepared
+from skinlesion.prepare import Prepared, data_record, load_prepared
 
 
 class ExportWrapper(nn.Module):
@@ -46,8 +46,8 @@ def recipe(meta: dict) -> dict:
 
 
 def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out: Path, sample_pixels: np.ndarray,
-                fp16: bool = False) -> dict:
-    """Write model.onnx with metadata; check it against PyTorch on real pixels; return the report."""
+                fp16: bool = False, data: dict | None = None) -> dict:
+    """Write model.onnx with metadata (data: prepare.data_record); check it against PyTorch on real pixels."""
     import onnx
     import onnxruntime as ort
 
@@ -72,6 +72,8 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
     # Reports that `skinlesion evaluate` left in the run folder travel with the model.
     reports = {split: Path(model_path).parent / f"eval-{split}" / "metrics.json" for split in ("val", "test")}
     card["metrics"] = {split: json.loads(path.read_text()) for split, path in reports.items() if path.exists()}
+    if data:
+        card["data"] = data
     onnx_model = onnx.load(out)
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(card)
@@ -195,6 +197,7 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                      f"{check['balanced_accuracy_pytorch']:.4f}) and gives the same top class for "
                      f"{check['agreement']:.1%} of {check['images']} images.")
     lines.append("")
+    grouping = "lesion-grouped" if (card.get("data") or {}).get("protocol", "lesion") == "lesion" else "split per photo"
     for split in ("val", "test"):
         m = card.get("metrics", {}).get(split)
         if not m:
@@ -202,7 +205,7 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
         low, high = m["balanced_accuracy_ci95"]
         use = "; every choice and the calibration were made on it, so optimistic" if split == "val" else ""
         name = "Validation" if split == "val" else "Test"
-        lines += [f"## {name} split ({m['images']} images, lesion-grouped{use})", "",
+        lines += [f"## {name} split ({m['images']} images, {grouping}{use})", "",
                   f"Balanced accuracy **{m['balanced_accuracy']:.3f}** (mean per-class recall, the ISIC metric; "
                   f"95% interval {low:.3f}-{high:.3f} by a bootstrap within classes); "
                   f"accuracy {m['accuracy']:.3f}; macro AUC {m['macro_auc']:.3f}; expected calibration error "
@@ -210,17 +213,37 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                   f"probabilities assume ({m['ece']:.3f} unweighted).", "",
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
                   "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
-    lines += ["## Data and limitations", "",
-              "- Trained on a 12,922-image sample of the ISIC 2019 training set (HAM10000 almost complete, most of "
-              "MSK, only 14 BCN_20000 images), downsized to at most 256 px. Licence CC BY-NC: non-commercial use only.",
-              "- Rare classes are thin: AK 130, DF 115, VASC 142, SCC 197 images in the whole sample, so their "
-              "recalls rest on about 20-30 test images each and are uncertain by roughly +-10 points.",
-              "- Split by lesion (no lesion in two of train/val/test); every choice (epochs, recipe, ensemble members) "
-              "and the calibration were made on the validation split; the test split was never used for them.",
+    lines += ["## Data and limitations", ""] + data_lines(card.get("data")) + [
+              "- Every choice (epochs, recipe, ensemble members) and the calibration were made on the validation "
+              "split; the test split was never used for them.",
               "- Dermoscopic photos only. Clinical (non-dermoscopic) photos, other body sites, skin types and cameras "
               "under-represented in ISIC will do worse. It is not a diagnostic device.", ""]
     Path(out).write_text("\n".join(lines))
     return Path(out)
+
+
+def data_lines(data: dict | None) -> list[str]:
+    """Render the card's record of the data a model was trained and scored on (prepare.data_record) as list items."""
+    if not data:  # files exported before cards recorded their data: the bundled one, trained on the project's sample
+        return ["- Trained on a 12,922-image sample of the ISIC 2019 training set (HAM10000 almost complete, most of "
+                "MSK, only 14 BCN_20000 images), downsized to at most 256 px. Licence CC BY-NC: non-commercial use "
+                "only.",
+                "- Rare classes are thin: AK 130, DF 115, VASC 142, SCC 197 images in the whole sample, so their "
+                "recalls rest on about 20-30 test images each and are uncertain by roughly +-10 points.",
+                "- Split by lesion (no lesion in two of train/val/test)."]
+    split = ("by lesion (no lesion in two of train/val/test)" if data["protocol"] == "lesion" else
+             "per photo, as the paper does (photos of one lesion can sit in two splits)")
+    per_class = ", ".join(f"{code} {n}" for code, n in data["per_class"].items())
+    lines = [f"- Trained on {sum(data['train'].values()):,} of the {data['images']:,} photos read from "
+             f"`{data['folder']}` ({per_class}); validation {sum(data['val'].values()):,} and test "
+             f"{sum(data['test'].values()):,} photos, split {split}. ISIC data is CC BY-NC: non-commercial use only."]
+    thin = {code: n for code, n in data["test"].items() if 0 < n < 100}
+    if thin:
+        error = sorted(50 / n ** 0.5 for n in thin.values())  # one standard error of a recall near 50%, in points
+        lines.append(f"- Rare classes are thin: their test recalls rest on "
+                     f"{', '.join(f'{code} {n}' for code, n in thin.items())} photos, so each is uncertain by roughly "
+                     f"+-{error[0]:.0f} to +-{error[-1]:.0f} points.")
+    return lines
 
 
 def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, fp16: bool) -> dict:
@@ -230,7 +253,7 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     prepared = load_prepared(prepared_dir or Path(meta.get("prepared", "")))
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
-    report = export_onnx(model, meta, model_file, Path(out), sample, fp16)
+    report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(prepared))
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch

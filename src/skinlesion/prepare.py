@@ -137,6 +137,17 @@ def load_prepared(out_dir: Path) -> Prepared:
     return Prepared(out_dir, table, pixels, tuple(meta["classes"]), meta["size"], meta["policy"])
 
 
+def data_record(prepared: Prepared) -> dict:
+    """Describe what a model was trained and scored on, for its card: the data folder, photos per class and split."""
+    summary = json.loads((prepared.out_dir / PREPARED_JSON).read_text())
+    record = {"folder": Path(summary["data"]).name, "images": summary["images_read"],
+              "per_class": summary["counts_before"], "protocol": summary["config"]["split"]["protocol"]}
+    for name in ("train", "val", "test"):
+        counts = prepared.split(name)["label"].value_counts()
+        record[name] = {c: int(counts.get(c, 0)) for c in prepared.classes}
+    return record
+
+
 def describe_summary(summary: dict, out_dir: Path) -> str:
     """Return prepare()'s summary as lines for a terminal: counts before and after balancing, what was skipped."""
     lines = [f"read {summary['images_read']} images "

@@ -89,10 +89,35 @@ def index():
     return render_template("index.html", disclaimer=DISCLAIMER_DETAIL, classes=CLASSES)
 
 
+def limitations(card: dict) -> list[str]:
+    """Say what the served model was trained on and where it is weak, from its own card."""
+    data = card.get("data")
+    if data:  # prepare.data_record, in files exported since 2026-11-29
+        rarest = sorted((n, code) for code, n in data["per_class"].items() if code in card["classes"])[:3]
+        trained = (f"Trained on {sum(data['train'].values()):,} of the {data['images']:,} photos read from "
+                   f"{data['folder']}; the rarest classes have only " + ", ".join(f"{c} {n}" for n, c in rarest)
+                   + " photos in all.")
+    else:  # the bundled file, exported before cards recorded their data
+        trained = ("Trained on a 12,922-image sample of ISIC 2019, mostly HAM10000 photos; rare classes (AK, DF, "
+                   "VASC, SCC) have only 115-197 images.")
+    recall = card.get("metrics", {}).get("test", {}).get("recall", {})
+    weak = {code: r for code, r in recall.items() if r is not None and r < 0.5}
+    missed = []
+    if weak:
+        names, shares = " and ".join(BY_CODE[c].name for c in weak), " and ".join(f"{r:.0%}" for r in weak.values())
+        verb, pronoun = ("was", "it") if len(weak) == 1 else ("were", "them")
+        missed = [f"{names} {verb} recognised in only {shares} of held-out lesions; an answer naming another "
+                  f"diagnosis does not rule {pronoun} out."]
+    return [trained, *missed, "Only dermoscopic photos of a single lesion are meaningful input; the model knows "
+            "nothing about your history.", "It is a research tool, not a medical device, and it can be wrong in "
+            "either direction."]
+
+
 @bp.get("/about")
 def about():
-    return render_template("about.html", card=predictor().card, version=predictor().version,
-                           classes=[BY_CODE[c] for c in predictor().classes], disclaimer=DISCLAIMER_DETAIL)
+    p = predictor()
+    return render_template("about.html", card=p.card, version=p.version, classes=[BY_CODE[c] for c in p.classes],
+                           limitations=limitations(p.card), disclaimer=DISCLAIMER_DETAIL)
 
 
 @bp.get("/healthz")
