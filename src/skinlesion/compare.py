@@ -1,6 +1,7 @@
 """The paper's comparison: four models under one protocol, the paper's leaky protocol beside it, input sizes."""
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,7 +118,9 @@ def compare(data_dir: Path, out: Path, config: CompareConfig) -> pd.DataFrame:
     """Run every model under every protocol, then the best model at larger sizes; write results.csv."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare_config.json").write_text(json.dumps(asdict(config), indent=1))
+    machine = f"{os.cpu_count()} CPU cores" + (f" and a {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+                                                 else "")
+    (out / "compare_config.json").write_text(json.dumps({**asdict(config), "machine": machine}, indent=1))
     rows = [run_one(data_dir, out, m, p, config.size, config) for p in config.protocols for m in config.models]
     results = pd.DataFrame(rows)
     honest = results[results["protocol"] == "lesion"]

@@ -122,17 +122,20 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
     honest = honest.sort_values("val_bacc", ascending=False)
     leaky = results[results["protocol"] == "paper"].set_index("model")
     recalls = recall_columns(results)
-    leaks = {p: json.loads((out / "prepared" / f"{p}-{size}" / "prepared.json").read_text())["lesions_across_splits"]
-             for p in ("lesion", "paper") if (out / "prepared" / f"{p}-{size}" / "prepared.json").exists()}
+    summaries = {p: json.loads(path.read_text()) for p in ("lesion", "paper")
+                 if (path := out / "prepared" / f"{p}-{size}" / "prepared.json").exists()}
+    leaks = {p: summary["lesions_across_splits"] for p, summary in summaries.items()}
+    data = next(iter(summaries.values()))  # both protocols read the same images
     lines = [
-        "# Model comparison on the ISIC 2019 sample",
+        f"# Model comparison on {data['images_read']:,} ISIC 2019 images",
         "",
         "> Research tool, not a diagnosis. These are measurements of models on a data set, not clinical evidence.",
         "",
-        f"Generated {date.today().isoformat()} by `{command}` on 2 CPU cores; {config['epochs']} epochs per model "
+        f"Generated {date.today().isoformat()} by `{command}` on {config.get('machine', '2 CPU cores')}; "
+        f"{config['epochs']} epochs per model "
         f"(`--epochs`; the default 10 lets the whole four-model comparison fit about two hours on this machine; "
-        f"longer training would raise every number). Data: the 12,922-image ISIC 2019 sample in "
-        f"`../shared/data/isic2019`, paper preset (MEL NV BCC AK BKL SCC, training classes undersampled to at most "
+        f"longer training would raise every number). Data: the {data['images_read']:,} images read from "
+        f"`{Path(data['data']).name}`, paper preset (MEL NV BCC AK BKL SCC, training classes undersampled to at most "
         f"867), {size}x{size} squashed inputs, seed {config['seed']}. Balanced accuracy is the mean per-class "
         f"recall, the official ISIC 2019 metric. Each run keeps the epoch with the best validation balanced "
         f"accuracy {SELECTION_SCORES[select]}; its probabilities are then calibrated on validation for equally "
