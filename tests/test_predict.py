@@ -66,6 +66,9 @@ def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
     assert result.returncode == 0, result.stderr
     assert photo.stem in result.stdout and "%" in result.stdout
     assert "not a diagnosis" in result.stderr
+    # Under 50% for its top class the answer is flagged, as on the web page (the tiny network is near chance).
+    top = float(result.stdout.split("%")[0].split()[-1]) / 100
+    assert (top < 0.5) == result.stdout.rstrip().endswith("uncertain")
 
 
 def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):

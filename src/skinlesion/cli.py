@@ -215,6 +215,7 @@ def export(model_path, out, prepared_dir, fp16, card_path):
 def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES
+    from skinlesion.guard import is_uncertain
     from skinlesion.predict import Predictor, image_files
 
     if output_format != "isic2019" and not output:
@@ -237,7 +238,8 @@ def predict(inputs, model_path, output, output_format, batch_size):
     else:
         for name, probs in rows:
             top = max(probs, key=probs.get)
-            click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk})")
+            flag = "  uncertain" if is_uncertain(probs[top]) else ""  # as the web app flags it
+            click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk}){flag}")
     for problem in problems:
         click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
     click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)
