@@ -237,7 +237,7 @@ def data_lines(data: dict | None) -> list[str]:
     lines = [f"- Trained on {sum(data['train'].values()):,} of the {data['images']:,} photos read from "
              f"`{data['folder']}` ({per_class}); validation {sum(data['val'].values()):,} and test "
              f"{sum(data['test'].values()):,} photos, split {split}. ISIC data is CC BY-NC: non-commercial use only."]
-    thin = {code: n for code, n in data["test"].items() if 0 < n < 100}
+    thin = {code: n for code, n in data["test"].items() if 0 < n < 100}  # recall uncertain by 5 points or more
     if thin:
         error = sorted(50 / n ** 0.5 for n in thin.values())  # one standard error of a recall near 50%, in points
         lines.append(f"- Rare classes are thin: their test recalls rest on "

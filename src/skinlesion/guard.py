@@ -14,8 +14,8 @@ def skin_share(pixels: np.ndarray) -> float:
     """Share of pixels whose colour could be skin or lesion (reddish-brown hues, not grey, not saturated blue/green).
 
     A broad rule in YCbCr (Chai & Ngan 1999, widened for pigmented lesions and dermoscope light): Cb up to 150
-    rather than 135 admits the pink, lilac and bluish casts of some dermatoscopes, which refused 54 of our
-    sample's photos, and no image of the natural non-skin set it was checked on (README, web app).
+    rather than 135 admits the pink, lilac and bluish casts of some dermatoscopes (54 of our sample's photos were
+    refused without it) and no further picture of the non-skin set it was checked on (README, web app).
     """
     ycbcr = np.asarray(Image.fromarray(pixels).convert("YCbCr"), dtype=np.int16)
     y, cb, cr = ycbcr[..., 0], ycbcr[..., 1], ycbcr[..., 2]
