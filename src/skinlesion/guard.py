@@ -33,8 +33,8 @@ def cannot_assess(image: Image.Image, pixels: np.ndarray) -> str | None:
     if grey.std() < MIN_CONTRAST:
         return "the image is almost uniform (blank or out of focus)"
     if skin_share(pixels) < MIN_SKIN_SHARE:
-        return ("the image does not look like a photo of skin (too few skin-coloured pixels; a dermoscopic photo "
-                "with a strong blue or grey colour cast can cause this: correct its white balance and try again)")
+        return ("the image does not look like a photo of skin (too few skin-coloured pixels; a strong blue or grey "
+                "colour cast on a dermoscopic photo can cause this)")
     return None
 
 
