@@ -1,6 +1,7 @@
-import torch
+from dataclasses import replace
 
 import pytest
+import torch
 
 from skinlesion.presets import AUGMENTATIONS, EvalPreset, TrainPreset
 from skinlesion.training import TrainConfig
@@ -59,10 +60,12 @@ def test_strong_augmentation_changes_more_than_standard():
     plain = EvalPreset()(pixels)
     changes = {name: (preset(pixels) - plain).abs().mean() for name, preset in AUGMENTATIONS.items()}
     assert changes["strong"] > changes["standard"] > 0
+    # ringed-casts is ringed with a colour cast on top (each channel's gain is tested above).
+    assert AUGMENTATIONS["ringed-casts"] == replace(AUGMENTATIONS["ringed"], channel_gain=0.15)
 
 
 def test_an_unknown_augmentation_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="unknown augmentation 'wild'; choose from standard, strong, ringed"):
+    with pytest.raises(ValueError, match="unknown augmentation 'wild'; choose from standard, strong, ringed, ringed-"):
         TrainConfig(augmentation="wild")
 
 

@@ -103,9 +103,10 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
               help="How to balance classes the data stage left imbalanced.")
 @click.option("--no-pretrained", is_flag=True, help="Train efficientnet_lite0 from scratch too.")
 @click.option("--no-augment", is_flag=True)
-@click.option("--augmentation", type=click.Choice(["standard", "strong", "ringed"]), default="standard",
-              show_default=True, help="How to augment: strong adds any rotation, more zoom, colour casts and a "
-              "blanked square; ringed paints a round dermatoscope field on 30% of images.")
+@click.option("--augmentation", type=click.Choice(["standard", "strong", "ringed", "ringed-casts"]),
+              default="standard", show_default=True, help="How to augment: strong adds any rotation, more zoom, "
+              "colour casts and a blanked square; ringed paints a round dermatoscope field on 30% of images; "
+              "ringed-casts also scales each colour channel by up to 15%, as another dermatoscope's light would.")
 @click.option("--patience", default=8, show_default=True, help="Epochs without a better --select score before "
               "stopping.")
 @select_option

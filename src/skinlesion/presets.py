@@ -115,9 +115,12 @@ class TrainPreset:
 # What `train --augmentation` chooses from. strong: any rotation, more zoom and shift, stronger colour changes,
 # a per-channel colour cast and one blanked square (as the ISIC 2019 winners' heavier augmentation). ringed: standard,
 # and 30% of images get a painted round field (imaging.fill_dark_border), so painted corners stop telling classes apart.
+# ringed-casts: ringed, and each colour channel scaled by up to 15%, as another dermatoscope's light would (a blue
+# cast of that size cost the bundled model 0.14 of validation bacc; docs/experiments.md, "Colour casts").
 AUGMENTATIONS = {
     "standard": TrainPreset(),
     "strong": TrainPreset(rotate_degrees=180.0, scale=0.25, shift=0.1, brightness=0.3, contrast=0.3, saturation=0.3,
                           channel_gain=0.1, cutout=0.3),
     "ringed": TrainPreset(field_ring=0.3),
+    "ringed-casts": TrainPreset(field_ring=0.3, channel_gain=0.15),
 }
