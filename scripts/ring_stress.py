@@ -1,11 +1,14 @@
-"""Stress test: a model's balanced accuracy when every photo of a split gets a dermatoscope's black ring.
+"""Stress test: a model's balanced accuracy when every photo of a split gets a dermatoscope's black ring or colour cast.
 
 Usage: python scripts/ring_stress.py MODEL PREPARED_DIR [--data DIR] [--split val] [--factors 1.0,0.85]
+                                     [--casts blue,pink,warm]
 MODEL is a run folder, model.pt or an exported .onnx file; PREPARED_DIR gives the split (splits.csv) and the data
-folder its images come from. Each photo is blacked out outside a centred circle whose radius is FACTOR times half
-its longer side (1.0: black corners; 0.85: a ring), then goes through the one loader (imaging.model_input, which
-paints the border over). Calibration is cross-fitted on the clean photos: fitted on one half of the split's
-clean logits, applied to the other half's logits in each condition (3 halvings, as training scores epochs).
+folder its images come from. For a ring, each photo is blacked out outside a centred circle whose radius is FACTOR
+times half its longer side (1.0: black corners; 0.85: a ring); for a cast, each colour channel is scaled by the
+cast's gain (CASTS: the light of another dermatoscope). Then the photo goes through the one loader
+(imaging.model_input, which paints a black border over). Calibration is cross-fitted on the clean photos: fitted on
+one half of the split's clean logits, applied to the other half's logits in each condition (3 halvings, as training
+scores epochs). --factors "" or --casts "" (the default) leaves that kind out.
 """
 
 import argparse
@@ -20,6 +23,15 @@ from skinlesion.calibration import cross_fitted_decisions
 from skinlesion.evaluate import resolve_model, saved_model_logits
 from skinlesion.imaging import model_input, open_rgb
 from skinlesion.metrics import balanced_accuracy
+
+
+# Per-channel (R, G, B) gains of a moderate colour cast: other dermatoscopes' light, as seen in the ISIC archive.
+CASTS = {"blue": (0.85, 0.95, 1.15), "pink": (1.08, 0.88, 1.08), "warm": (1.12, 1.0, 0.82)}
+
+
+def cast_colour(image: Image.Image, cast: str) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float32) * np.array(CASTS[cast], dtype=np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def blacken_outside_circle(image: Image.Image, factor: float) -> Image.Image:
@@ -50,7 +62,11 @@ def main():
     parser.add_argument("--data", type=Path, help="ISIC 2019 folder (default: the one the data was prepared from)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--factors", default="1.0,0.85")
+    parser.add_argument("--casts", default="", help=f"any of {', '.join(CASTS)}")
     args = parser.parse_args()
+    unknown = set(filter(None, args.casts.split(","))) - set(CASTS)
+    if unknown:
+        parser.error(f"unknown cast {', '.join(sorted(unknown))}; choose from {', '.join(CASTS)}")
     model_path = resolve_model(args.model)
     data = args.data or Path(json.loads((args.prepared / "prepared.json").read_text())["data"])
     rows = pd.read_csv(args.prepared / "splits.csv")
@@ -58,10 +74,14 @@ def main():
     paths = [data / "ISIC_2019_Training_Input" / f"{name}.jpg" for name in rows["image"]]
     size, policy = input_spec(model_path)
     results, clean, y = [], None, None
-    for factor in [0.0] + [float(f) for f in args.factors.split(",")]:
-        # Decoded again for each ring, at full size: the ring is drawn on the photo, before the loader resizes it.
-        pixels = np.stack([model_input(blacken_outside_circle(open_rgb(path), factor) if factor else open_rgb(path),
-                                       size, policy) for path in paths])
+    conditions = {"none": lambda image: image}
+    for factor in filter(None, args.factors.split(",")):
+        conditions[float(factor)] = lambda image, factor=float(factor): blacken_outside_circle(image, factor)
+    for cast in filter(None, args.casts.split(",")):
+        conditions[f"{cast} cast"] = lambda image, cast=cast: cast_colour(image, cast)
+    for condition, change in conditions.items():
+        # Decoded again for each condition, at full size: rings and casts change the photo before the loader does.
+        pixels = np.stack([model_input(change(open_rgb(path)), size, policy) for path in paths])
         logits, meta = saved_model_logits(model_path, pixels)
         if clean is None:
             clean, y = logits, rows["label"].map({c: i for i, c in enumerate(meta["classes"])}).to_numpy()
@@ -70,7 +90,7 @@ def main():
                             for predicted in decisions])  # (halvings, K)
         raw = balanced_accuracy(y, logits.argmax(1), len(meta["classes"]))
         per_class = dict(zip(meta["classes"], recalls.mean(0).round(3).tolist()))
-        results.append({"ring": factor or "none", "bacc": round(float(recalls.mean()), 3),
+        results.append({"condition": condition, "bacc": round(float(recalls.mean()), 3),
                         "raw top class": round(raw, 3), **per_class})
         print(json.dumps(results[-1]), flush=True)
     print(pd.DataFrame(results).to_string(index=False))
