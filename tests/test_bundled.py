@@ -28,10 +28,12 @@ def test_bundled_model_is_small_and_its_card_matches_its_metadata():
     assert f"Balanced accuracy **{test['balanced_accuracy']:.3f}**" in card
     for network in meta.get("members") or [meta]:  # every network's recipe, for an ensemble each member's
         assert json.dumps(network["train_config"]) in card
-    # Float16 weights kept the validation score of the PyTorch model they came from (checked at export).
+    # Float16 weights kept the validation score of the PyTorch model they came from (checked at export). One photo
+    # whose top class flips in a class of 17 validation photos moves balanced accuracy by 0.007 (the bundled file:
+    # 2 of 1,936 flip).
     check = meta["float16_check"]
     assert check["images"] > 1000 and check["agreement"] > 0.99
-    assert check["balanced_accuracy_onnx"] == pytest.approx(check["balanced_accuracy_pytorch"], abs=0.005)
+    assert check["balanced_accuracy_onnx"] == pytest.approx(check["balanced_accuracy_pytorch"], abs=0.015)
 
 
 def test_bundled_model_predicts_a_real_image(shared_data):

@@ -224,7 +224,7 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
 
 def data_lines(data: dict | None) -> list[str]:
     """Render the card's record of the data a model was trained and scored on (prepare.data_record) as list items."""
-    if not data:  # files exported before cards recorded their data: the bundled one, trained on the project's sample
+    if not data:  # files exported before cards recorded their data: all trained on the project's sample
         return ["- Trained on a 12,922-image sample of the ISIC 2019 training set (HAM10000 almost complete, most of "
                 "MSK, only 14 BCN_20000 images), downsized to at most 256 px. Licence CC BY-NC: non-commercial use "
                 "only.",

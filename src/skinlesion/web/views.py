@@ -97,7 +97,7 @@ def limitations(card: dict) -> list[str]:
         trained = (f"Trained on {sum(data['train'].values()):,} of the {data['images']:,} photos read from "
                    f"{data['folder']}; the rarest classes have only " + ", ".join(f"{c} {n}" for n, c in rarest)
                    + " photos in all.")
-    else:  # the bundled file, exported before cards recorded their data
+    else:  # files exported before cards recorded their data (2026-11-29), all trained on the sample
         trained = ("Trained on a 12,922-image sample of ISIC 2019, mostly HAM10000 photos; rare classes (AK, DF, "
                    "VASC, SCC) have only 115-197 images.")
     recall = card.get("metrics", {}).get("test", {}).get("recall", {})
