@@ -43,8 +43,9 @@ skinlesion prepare --data "$DATA" --out "$WORK/prepared192" --balance all --size
 build_member() {
     local name=$1 seed=$2; shift 2
     # Stage 1, 128 px from the ImageNet weights: 60 batches of 64 balanced draws per epoch (every class is seen
-    # ~480 times an epoch), one-cycle to 1e-3 (shipped members: all 25 epochs, kept epochs 18 and 19). Tried instead, both worse on validation: 16 full epochs peaking at 3e-4 (best 0.608, then it
-    # overfits the oversampled rare classes), and every image each epoch with class weights, lr 3e-4 (0.579).
+    # ~480 times an epoch), one-cycle to 1e-3 (the shipped members ran all 25 epochs and kept epochs 18 and 19).
+    # Tried instead, both worse on validation: 16 full epochs peaking at 3e-4 (best 0.608, then it overfits the
+    # oversampled rare classes), and every image each epoch with class weights, lr 3e-4 (0.579).
     train_stage "$WORK/run128-$name" --data "$WORK/prepared128" --seed "$seed" \
         --epochs 25 --limit-train-batches 60 --lr 1e-3 --patience 8 "$@"
     # Stage 2, 192 px, fine-tuned from stage 1 on the same split.

@@ -44,6 +44,11 @@ def test_the_model_page_says_what_the_served_model_was_trained_on_and_where_it_i
     assert "keratosis" not in " ".join(lines)
     older = views.limitations({k: v for k, v in card.items() if k != "data"})  # exported before cards had data
     assert "12,922-image sample" in older[0]
+    # The bundled card names its data, and its test recalls for AK and SCC are under 0.5.
+    from skinlesion.predict import BUNDLED_MODEL
+    bundled = create_app({"TESTING": True}).test_client().get("/about").get_data(as_text=True)
+    assert "recognised in only" in bundled
+    assert all(line in bundled for line in views.limitations(read_card(BUNDLED_MODEL)))
 
 
 def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
