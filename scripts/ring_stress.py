@@ -6,7 +6,7 @@ MODEL is a run folder, model.pt or an exported .onnx file; PREPARED_DIR gives th
 folder its images come from. For a ring, each photo is blacked out outside a centred circle whose radius is FACTOR
 times half its longer side (1.0: black corners; 0.85: a ring); for a cast, each colour channel is scaled by the
 cast's gain (CASTS: the light of another dermatoscope). Then the photo goes through the one loader
-(imaging.model_input, which paints a black border over). Calibration is cross-fitted on the clean photos: fitted on
+(imaging.model_input, which paints over a dark border). Calibration is cross-fitted on the clean photos: fitted on
 one half of the split's clean logits, applied to the other half's logits in each condition (3 halvings, as training
 scores epochs). --factors "" or --casts "" (the default) leaves that kind out.
 """
