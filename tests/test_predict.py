@@ -4,7 +4,9 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -13,6 +15,12 @@ from PIL import Image
 from skinlesion.cli import main
 from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
 from skinlesion.predict import Predictor
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -96,9 +104,7 @@ def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
                          Image.new("L", (300, 300), 200)]), "does not look like a photo of skin"),
 ])
 def test_images_that_are_not_skin_photos_are_not_assessed(tiny_onnx, image, reason):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    result = Predictor(tiny_onnx).assess(buffer.getvalue())
+    result = Predictor(tiny_onnx).assess(encode_png(image))
     assert not result.assessable and reason in result.reason and result.label is None
 
 
@@ -114,8 +120,54 @@ def test_real_lesion_photos_pass_the_guard(shared_data):
     "ISIC_0024402", "ISIC_0025599", "ISIC_0026163", "ISIC_0027256",  # magenta and pink casts (VASC)
     "ISIC_0026830", "ISIC_0028461",  # lilac casts
     "ISIC_0013405_downsampled", "ISIC_0024337", "ISIC_0030676", "ISIC_0032170",  # faint lesions, little contrast
+    "ISIC_0000007", "ISIC_0000046_downsampled", "ISIC_0026936",  # blue, grey, deep red: passed by the lesion's redness
 ])
 def test_dermoscope_colour_casts_and_faint_lesions_pass_the_guard(shared_data, tiny_onnx, name):
     # Real photos of our sample that an earlier, narrower rule refused as "not skin" or "almost uniform".
     result = Predictor(tiny_onnx).assess(shared_data / IMAGE_DIR / f"{name}.jpg")
     assert result.assessable, result.reason
+
+
+def test_a_grey_picture_under_a_blue_cast_is_refused_where_the_coloured_photo_passes(shared_data, tiny_onnx):
+    # The same blue-lit photo: its brown lesion is redder than the skin round it; turned grey, then tinted blue like
+    # it, nothing is, so colour alone (a grey picture, a sky) is still refused.
+    photo = Image.open(shared_data / IMAGE_DIR / "ISIC_0000007.jpg").convert("RGB")
+    grey = photo.convert("L")
+    tinted = Image.merge("RGB", [grey.point(lambda v: v * 0.8), grey.point(lambda v: v * 0.9), grey])
+    predictor = Predictor(tiny_onnx)
+    assert predictor.assess(encode_png(photo)).assessable
+    result = predictor.assess(encode_png(tinted))
+    assert not result.assessable and "does not look like a photo of skin" in result.reason
+
+
+def test_lesion_redness_ignores_the_colour_of_the_light(shared_data):
+    from skinlesion.guard import lesion_redness
+    from skinlesion.imaging import model_input, open_rgb
+    pixels = model_input(open_rgb(shared_data / IMAGE_DIR / "ISIC_0024306.jpg"), 192, "squash")
+    redness = lesion_redness(pixels)
+    for gains in [(0.85, 0.95, 1.15), (1.08, 0.88, 1.08), (1.12, 1.0, 0.82)]:  # ring_stress's casts
+        cast = (pixels * np.array(gains) * 0.85).clip(0, 255).astype(np.uint8)  # 0.85: no channel clips
+        assert lesion_redness(cast) == pytest.approx(redness, abs=0.05)
+    grey = np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+    assert redness > 0.2 and lesion_redness(grey) == 0.0
+
+
+def test_guard_check_counts_refused_photos_and_passed_pictures(shared_data, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "guard_check.py"
+    photos = tmp_path / "data" / IMAGE_DIR
+    photos.mkdir(parents=True)
+    for name in ("ISIC_0000006", "ISIC_0000007", "ISIC_0024306"):  # blue cast, no red spot; blue cast; plain
+        shutil.copy(shared_data / IMAGE_DIR / f"{name}.jpg", photos)
+    others = tmp_path / "others"
+    others.mkdir()
+    Image.linear_gradient("L").convert("RGB").save(others / "grey.png")
+    Image.open(photos / "ISIC_0024306.jpg").save(others / "skin.png")
+    result = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "data"), "--others", str(others),
+                             "--casts", "blue"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("real photos refused: 1 of 3") and lines[1].split() == ["ISIC_0000006.jpg"]
+    assert lines[2] == "other pictures passed, cast none: 1 of 2: skin"
+    assert lines[3] == "other pictures passed, cast blue: 1 of 2: skin"
+    wrong = subprocess.run([sys.executable, str(script), "--casts", "green"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "unknown cast green; choose from blue, pink, warm" in wrong.stderr
