@@ -59,6 +59,9 @@ def main() -> None:
     for cast in casts:
         if cast not in CASTS:
             parser.error(f"unknown cast {cast}; choose from {', '.join(CASTS)}")
+    for folder in (args.data / IMAGE_DIR if args.data else None, args.others):
+        if folder and not folder.is_dir():
+            parser.error(f"{folder}: no such folder")
     predictor = Predictor(args.model)
     if args.write_samples:
         write_samples(args.write_samples)

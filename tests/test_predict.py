@@ -171,3 +171,5 @@ def test_guard_check_counts_refused_photos_and_passed_pictures(shared_data, tmp_
     assert lines[3] == "other pictures passed, cast blue: 1 of 2: skin"
     wrong = subprocess.run([sys.executable, str(script), "--casts", "green"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "unknown cast green; choose from blue, pink, warm" in wrong.stderr
+    missing = subprocess.run([sys.executable, str(script), "--data", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 2 and f"{tmp_path / IMAGE_DIR}: no such folder" in missing.stderr
