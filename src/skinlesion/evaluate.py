@@ -9,6 +9,7 @@ import pandas as pd
 from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
 from skinlesion.metrics import confidence_bins, confusion_matrix, expected_calibration_error, per_class_table, summarise
+from skinlesion.seen import describe_left_out, recorded_seen, seen_rows
 
 
 def write_submission(path: Path, images, probs: np.ndarray, classes, columns=CODES) -> None:
@@ -110,13 +111,25 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
     if (meta["size"], meta["policy"]) != (prepared.size, prepared.policy):
         raise ValueError(f"{model_path} expects {meta['size']}px '{meta['policy']}' images but {prepared_dir} "
                          f"holds {prepared.size}px '{prepared.policy}'; prepare the data at the model's size")
+    seen = recorded_seen(meta)
+    by_lesion = prepared.protocol == "lesion"  # the paper's protocol shares lesions across splits on purpose
+    if seen is None:
+        seen_check = ("not checked: the model records no training photos (exported before 2026-12-01, or its "
+                      "prepared folder is gone), so some of these photos may be ones it trained on")
+    else:
+        left_out = seen_rows(rows, seen, split, by_lesion).to_numpy()
+        if left_out.all():
+            raise ValueError(f"{prepared_dir}: the model met every photo of its {split} split before (in training "
+                             f"or validation); score it on a folder prepared with --splits-from its own")
+        seen_check = describe_left_out(rows[left_out], len(rows), split, by_lesion)
+        rows, logits = rows[~left_out], logits[~left_out]
     y_true = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     probs = calibrated(logits, meta)
     # An exported file may sit in the installed package: its report goes to the current folder instead.
     default = Path(f"eval-{model_path.stem}-{split}") if model_path.suffix == ".onnx" else \
         model_path.parent / f"eval-{split}"
     out_dir = Path(out_dir) if out_dir else default
-    extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir),
+    extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir), "seen_check": seen_check,
              "temperature": meta["temperature"], "class_bias": list(meta["class_bias"]),
              "ece_uncalibrated": expected_calibration_error(softmax(logits), y_true)}
     return write_report(out_dir, rows["image"], y_true, probs, classes, extra), out_dir
@@ -130,5 +143,6 @@ def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray
     from skinlesion.predict import Predictor
     predictor = Predictor(model_path)
     batches = range(0, len(pixels), 32)  # small: an ensemble multiplies the batch by its views (memory)
-    card = {"class_bias": [0.0] * len(predictor.classes), **predictor.card}  # files exported before class offsets
+    # Files exported before class offsets have none; the record of seen photos lives apart from the card.
+    card = {"class_bias": [0.0] * len(predictor.classes), **predictor.card, "seen": predictor.seen}
     return np.concatenate([predictor.logits(pixels[i:i + 32]) for i in batches]), card

@@ -15,6 +15,7 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, data_record, load_prepared
+from skinlesion.seen import SEEN_KEY, seen_record
 
 
 class ExportWrapper(nn.Module):
@@ -46,8 +47,9 @@ def recipe(meta: dict) -> dict:
 
 
 def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out: Path, sample_pixels: np.ndarray,
-                fp16: bool = False, data: dict | None = None) -> dict:
-    """Write model.onnx with metadata (data: prepare.data_record); check it against PyTorch on real pixels."""
+                fp16: bool = False, data: dict | None = None, seen: dict | None = None) -> dict:
+    """Write model.onnx with metadata (data: prepare.data_record, seen: seen.seen_record); check it against PyTorch
+    on real pixels."""
     import onnx
     import onnxruntime as ort
 
@@ -75,8 +77,12 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
     if data:
         card["data"] = data
     onnx_model = onnx.load(out)
-    entry = onnx_model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(card)
+    entries = {METADATA_KEY: json.dumps(card)}
+    if seen:
+        entries[SEEN_KEY] = json.dumps(seen, separators=(",", ":"))
+    for key, value in entries.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
     if fp16:
         halve_weights(onnx_model)
     onnx.save(onnx_model, out)
@@ -253,7 +259,8 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     prepared = load_prepared(prepared_dir or Path(meta.get("prepared", "")))
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
-    report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(prepared))
+    report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(prepared),
+                         seen=seen_record(prepared.table))
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch

@@ -14,6 +14,7 @@ from PIL import Image
 from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
 from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, model_input, open_rgb
+from skinlesion.seen import SEEN_KEY
 
 METADATA_KEY = "skinlesion"
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
@@ -46,9 +47,12 @@ class Predictor:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-            self.card = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+            metadata = self.session.get_modelmeta().custom_metadata_map
+            self.card = json.loads(metadata[METADATA_KEY])
         except Exception as error:  # onnxruntime raises its own exception types; KeyError: no card
             raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
+        # The photos and lesions it trained and was validated on (seen.py); None in files exported before 2026-12-01.
+        self.seen = json.loads(metadata[SEEN_KEY]) if SEEN_KEY in metadata else None
         self.classes = tuple(self.card["classes"])
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]

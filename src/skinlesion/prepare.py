@@ -36,6 +36,7 @@ class Prepared:
     classes: tuple[str, ...]
     size: int
     policy: str
+    protocol: str  # "lesion" or "paper" (splits.PROTOCOLS)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.table[self.table["split"] == name]
@@ -132,9 +133,17 @@ def load_prepared(out_dir: Path) -> Prepared:
         raise FileNotFoundError(f"{out_dir}: not a prepared data folder (no {PREPARED_JSON}); "
                                 f"run 'skinlesion prepare --data DIR --out {out_dir}' first")
     meta = json.loads(meta_path.read_text())
-    table = pd.read_csv(out_dir / MANIFEST, dtype={"lesion_id": str, "group": str}, keep_default_na=False)
     pixels = np.load(out_dir / meta["cache"], mmap_mode="r")
-    return Prepared(out_dir, table, pixels, tuple(meta["classes"]), meta["size"], meta["policy"])
+    return Prepared(out_dir, read_manifest(out_dir), pixels, tuple(meta["classes"]), meta["size"], meta["policy"],
+                    meta["config"]["split"]["protocol"])
+
+
+def read_manifest(out_dir: Path) -> pd.DataFrame:
+    """Return a prepared folder's manifest (image, label, lesion_id, group, split, cache_row)."""
+    manifest = Path(out_dir) / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no manifest; pass a folder written by 'skinlesion prepare'")
+    return pd.read_csv(manifest, dtype={"image": str, "lesion_id": str, "group": str}, keep_default_na=False)
 
 
 def data_record(prepared: Prepared) -> dict:

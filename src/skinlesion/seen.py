@@ -1,0 +1,61 @@
+"""What a model has seen: its training and validation photos and lesions, kept with it so no score counts them as new.
+
+A model scored on photos it trained on looks better than it is, which is the paper's flaw. Our own folders cannot
+do that, but another folder can: preparing the same data at another size without --splits-from deals the lesions
+afresh, and the user's full ISIC 2019 set holds every photo of our sample. So `export` writes the record into the
+.onnx file, a run finds it in its training folder, and `evaluate` leaves out what the model met before.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+SEEN_KEY = "skinlesion.seen"  # ONNX metadata entry, apart from the card (the API serves the card)
+# A score of a split leaves out photos the model met in an earlier role: training photos from a validation score;
+# training and validation photos (which kept its epoch and fitted its calibration) from a test score.
+EARLIER = {"train": (), "val": ("train",), "test": ("train", "val")}
+
+
+def seen_record(table: pd.DataFrame) -> dict:
+    """Return the image names and lesion ids of a manifest's training and validation splits."""
+    record = {}
+    for split in ("train", "val"):
+        rows = table[table["split"] == split]
+        record[split] = {"images": sorted(rows["image"]), "lesions": sorted(set(rows["lesion_id"]) - {""})}
+    return record
+
+
+def recorded_seen(meta: dict) -> dict | None:
+    """Return what a saved model has seen: the record exported with it, else its training folder's; None if neither."""
+    if meta.get("seen"):
+        return meta["seen"]
+    from skinlesion.prepare import read_manifest  # late: prepare imports the cache stage, which predict never needs
+
+    prepared = meta.get("prepared")
+    return seen_record(read_manifest(Path(prepared))) if prepared and Path(prepared).is_dir() else None
+
+
+def seen_rows(rows: pd.DataFrame, seen: dict, split: str, by_lesion: bool) -> pd.Series:
+    """Mark the rows the model met before scoring `split`: the same photo, or (by_lesion) a photo of its lesion."""
+    earlier = EARLIER[split]
+    marked = rows["image"].isin(set().union(*(seen[s]["images"] for s in earlier)))
+    if by_lesion:
+        lesions = set().union(*(seen[s]["lesions"] for s in earlier))
+        marked |= (rows["lesion_id"] != "") & rows["lesion_id"].isin(lesions)
+    return marked
+
+
+def describe_left_out(left_out: pd.DataFrame, total: int, split: str, by_lesion: bool) -> str:
+    """Say in one line what was left out of a score and why."""
+    what = "photos or lesions" if by_lesion else "photos"
+    if left_out.empty:
+        return f"checked: none of the {total} {split} photos is among the model's earlier {what}"
+    per_class = ", ".join(f"{c} {n}" for c, n in left_out["label"].value_counts().sort_index().items())
+    return (f"left out {len(left_out)} of the {total} {split} photos ({per_class}): the model met these {what} in "
+            f"{' or '.join(EARLIER[split])}, so they are no test of it; "
+            f"scored on the other {total - len(left_out)}")
+
+
+def files_seen(names: list[str], seen: dict) -> dict:
+    """Count file names (ISIC image ids) among a model's training and validation photos."""
+    return {split: len(set(names) & set(seen[split]["images"])) for split in ("train", "val")}

@@ -1,0 +1,118 @@
+"""What a model has seen travels with it, and no score counts those photos (or their lesions) as new."""
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from skinlesion.cli import main
+from skinlesion.isic import IMAGE_DIR
+from skinlesion.predict import Predictor
+from skinlesion.prepare import read_manifest
+from skinlesion.seen import SEEN_KEY, seen_record, seen_rows
+
+
+def test_a_score_leaves_out_photos_and_lesions_met_in_an_earlier_role():
+    model = pd.DataFrame({"image": ["a", "b", "c", "d"], "lesion_id": ["L1", "L2", "", ""],
+                          "split": ["train", "val", "train", "test"]})
+    seen = seen_record(model)
+    assert seen == {"train": {"images": ["a", "c"], "lesions": ["L1"]}, "val": {"images": ["b"], "lesions": ["L2"]}}
+    # Another folder: a is the same photo, e another photo of lesion L1, f a photo of L2, g and h new.
+    rows = pd.DataFrame({"image": ["a", "e", "f", "g", "h"], "lesion_id": ["L1", "L1", "L2", "", "L9"]})
+    assert seen_rows(rows, seen, "test", by_lesion=True).tolist() == [True, True, True, False, False]
+    assert seen_rows(rows, seen, "test", by_lesion=False).tolist() == [True, False, False, False, False]
+    # Validation photos may be scored as validation; training photos may not.
+    assert seen_rows(rows, seen, "val", by_lesion=True).tolist() == [True, True, False, False, False]
+    assert not seen_rows(rows, seen, "train", by_lesion=True).any()
+
+
+def refolded(prepared32, out, manifest: pd.DataFrame, protocol: str = "lesion"):
+    """Copy a prepared folder (its pixel cache linked) with another manifest, as if its split had been dealt anew."""
+    out.mkdir()
+    (out / "cache").symlink_to(prepared32 / "cache")
+    meta = json.loads((prepared32 / "prepared.json").read_text())
+    meta["config"]["split"]["protocol"] = protocol
+    (out / "prepared.json").write_text(json.dumps(meta))
+    manifest.to_csv(out / "splits.csv", index=False)
+    return out
+
+
+def test_evaluate_leaves_out_what_the_model_trained_on_in_another_folder(tiny_onnx, prepared32, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    manifest = read_manifest(prepared32)
+    assert Predictor(tiny_onnx).seen == seen_record(manifest)  # export wrote the training folder's record
+    own = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(prepared32), "--split", "test"])
+    assert own.exit_code == 0, own.output
+    test = manifest[manifest["split"] == "test"]
+    assert f"checked: none of the {len(test)} test photos" in own.output
+
+    # Dealt anew: 30 training and 20 validation photos land in test; one test photo shares a training lesion.
+    moved = pd.concat([manifest[manifest["split"] == "train"].head(30), manifest[manifest["split"] == "val"].head(20)])
+    other = manifest.copy()
+    other.loc[moved.index, "split"] = "test"
+    trained_lesion = manifest.loc[(manifest["split"] == "train") & (manifest["lesion_id"] != ""), "lesion_id"].iloc[-1]
+    other.loc[test.index[0], "lesion_id"] = trained_lesion
+    folder = refolded(prepared32, tmp_path / "dealt-anew", other)
+    for model in (tiny_onnx, tiny_onnx.parent):  # the exported file's record, and the run's training folder
+        result = CliRunner().invoke(main, ["evaluate", str(model), "--data", str(folder), "--split", "test",
+                                           "--out", str(tmp_path / "report")])
+        assert result.exit_code == 0, result.output
+        assert f"left out 51 of the {len(test) + 50} test photos" in result.output
+        metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+        assert metrics["images"] == len(test) - 1 and metrics["seen_check"].startswith("left out 51")
+        scored = pd.read_csv(tmp_path / "report" / "truth.csv")["image"]
+        assert not scored.isin(moved["image"]).any() and test["image"].iloc[0] not in set(scored)
+
+    # The paper's protocol shares lesions across splits on purpose: only the same photos are left out there.
+    paper = refolded(prepared32, tmp_path / "paper", other, protocol="paper")
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(paper), "--split", "test",
+                                       "--out", str(tmp_path / "paper-report")])
+    assert result.exit_code == 0 and f"left out 50 of the {len(test) + 50}" in result.output
+
+
+def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_flagged(tiny_onnx, prepared32,
+                                                                                        tmp_path):
+    import onnx
+
+    manifest = read_manifest(prepared32)
+    only_seen = manifest[manifest["split"] != "test"].assign(split=lambda t: t["split"].replace("train", "test"))
+    folder = refolded(prepared32, tmp_path / "only-seen", only_seen)
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(folder), "--split", "test",
+                                       "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "met every photo of its test split" in result.output
+    assert "Traceback" not in result.output
+
+    unrecorded = onnx.load(str(tiny_onnx))
+    kept = [p for p in unrecorded.metadata_props if p.key != SEEN_KEY]
+    del unrecorded.metadata_props[:]
+    unrecorded.metadata_props.extend(kept)
+    onnx.save(unrecorded, str(tmp_path / "old.onnx"))
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "old.onnx"), "--data", str(prepared32), "--split",
+                                       "test", "--out", str(tmp_path / "old")])
+    assert result.exit_code == 0 and "not checked: the model records no training photos" in result.output
+
+
+def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data):
+    manifest = read_manifest(prepared32)
+    images = {split: manifest[manifest["split"] == split]["image"] for split in ("train", "val", "test")}
+    names = [*images["train"].head(3), images["val"].iloc[0], images["test"].iloc[0]]
+    files = [str(shared_data / IMAGE_DIR / f"{name}.jpg") for name in names]
+    result = CliRunner().invoke(main, ["predict", *files, "--model", str(tiny_onnx)])
+    assert result.exit_code == 0, result.output
+    assert ("by file name, 3 of these 5 photos were among the model's training photos and 1 among its validation "
+            "photos") in result.output
+    unseen = CliRunner().invoke(main, ["predict", files[-1], "--model", str(tiny_onnx)])
+    assert unseen.exit_code == 0 and "by file name" not in unseen.output
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_the_bundled_model_records_the_photos_on_its_card(split):
+    from skinlesion.export import read_card
+    from skinlesion.predict import BUNDLED_MODEL
+
+    seen, card = Predictor().seen, read_card(BUNDLED_MODEL)
+    assert len(seen[split]["images"]) == sum(card["data"][split].values())
+    assert not set(seen["train"]["images"]) & set(seen["val"]["images"])
+    assert not set(seen["train"]["lesions"]) & set(seen["val"]["lesions"])
