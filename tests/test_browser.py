@@ -54,7 +54,10 @@ def browser():
         browser.close()
 
 
-def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, browser, lesion_jpeg, tmp_path):
+def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, browser, lesion_jpeg, prepared32,
+                                                                  tmp_path):
+    from skinlesion.prepare import read_manifest
+
     photo = tmp_path / "lesion.jpg"
     photo.write_bytes(lesion_jpeg)
     text = tmp_path / "notes.txt"
@@ -74,6 +77,14 @@ def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, b
     page.screenshot(path=str(ARTIFACTS / "browser-result.png"), full_page=True)
     page.click("#toggle-heatmap")
     assert page.is_hidden("#heatmap") and page.is_visible("#plain")
+    assert page.is_hidden("#seen")
+    manifest = read_manifest(prepared32)  # the same photo, named like one the served model trained on
+    named = tmp_path / f"{manifest[manifest['split'] == 'train']['image'].iloc[0]}.jpg"
+    named.write_bytes(lesion_jpeg)
+    page.set_input_files("#file", str(named))
+    page.click("#analyse")
+    page.wait_for_selector("#seen", state="visible", timeout=30_000)
+    assert "learnt from" in page.inner_text("#seen")
     page.set_input_files("#file", str(text))
     page.click("#analyse")
     page.wait_for_selector("#error", state="visible", timeout=30_000)

@@ -64,6 +64,16 @@ def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
     assert "heatmap" not in post(client, lesion_jpeg).json
 
 
+def test_a_file_named_like_a_training_photo_is_flagged(client, lesion_jpeg, prepared32):
+    from skinlesion.prepare import read_manifest
+
+    manifest = read_manifest(prepared32)
+    trained, tested = (manifest[manifest["split"] == split]["image"].iloc[0] for split in ("train", "test"))
+    assert post(client, lesion_jpeg, name=f"{trained}.jpg").json["seen_by_model"] == "train"
+    assert post(client, lesion_jpeg, name=f"{tested}.JPG").json["seen_by_model"] is None
+    assert post(client, lesion_jpeg).json["seen_by_model"] is None
+
+
 def test_model_health_and_openapi_routes(client):
     card = client.get("/api/v1/model").json
     assert card["card"]["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]

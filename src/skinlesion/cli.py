@@ -218,8 +218,9 @@ def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES
     from skinlesion.guard import is_uncertain
+    from collections import Counter
+
     from skinlesion.predict import Predictor, image_files
-    from skinlesion.seen import files_seen
 
     if output_format != "isic2019" and not output:
         raise click.UsageError(f"--format {output_format} sets the classes of the --output CSV; add --output FILE")
@@ -245,12 +246,11 @@ def predict(inputs, model_path, output, output_format, batch_size):
             click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk}){flag}")
     for problem in problems:
         click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
-    if predictor.seen and rows:
-        seen = files_seen([name for name, _ in rows], predictor.seen)
-        if any(seen.values()):
-            click.echo(f"note: by file name, {seen['train']} of these {len(rows)} photos were among the model's "
-                       f"training photos and {seen['val']} among its validation photos; its answers on them are "
-                       f"no test of how it does on new photos", err=True)
+    seen = Counter(predictor.seen_photos.get(name) for name, _ in rows)
+    if seen["train"] or seen["val"]:
+        click.echo(f"note: by file name, {seen['train']} of these {len(rows)} photos were among the model's "
+                   f"training photos and {seen['val']} among its validation photos; its answers on them are "
+                   f"no test of how it does on new photos", err=True)
     click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
 from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, model_input, open_rgb
-from skinlesion.seen import SEEN_KEY
+from skinlesion.seen import SEEN_KEY, photo_index
 
 METADATA_KEY = "skinlesion"
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
@@ -53,6 +53,7 @@ class Predictor:
             raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
         # The photos and lesions it trained and was validated on (seen.py); None in files exported before 2026-12-01.
         self.seen = json.loads(metadata[SEEN_KEY]) if SEEN_KEY in metadata else None
+        self.seen_photos = photo_index(self.seen)  # image id -> "train" / "val", to flag a file named like one
         self.classes = tuple(self.card["classes"])
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]

@@ -56,6 +56,6 @@ def describe_left_out(left_out: pd.DataFrame, total: int, split: str, by_lesion:
             f"scored on the other {total - len(left_out)}")
 
 
-def files_seen(names: list[str], seen: dict) -> dict:
-    """Count file names (ISIC image ids) among a model's training and validation photos."""
-    return {split: len(set(names) & set(seen[split]["images"])) for split in ("train", "val")}
+def photo_index(seen: dict | None) -> dict:
+    """Map each photo a model trained or was validated on (its ISIC image id) to "train" or "val"."""
+    return {image: split for split in ("train", "val") for image in seen[split]["images"]} if seen else {}

@@ -2,6 +2,7 @@
 
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -161,6 +162,8 @@ def predict():
         "probabilities": result.probabilities, "risk": result.risk, "uncertain": result.uncertain,
         "advice": (UNCERTAIN_ADVICE if result.uncertain else "") + ADVICE[result.risk],
         "model_version": predictor().version, "disclaimer": DISCLAIMER,
+        # A file named like one of the model's own photos (an ISIC id) would flatter it; the page says so.
+        "seen_by_model": predictor().seen_photos.get(Path(upload.filename or "").stem),
     }
     if result.heatmap_png:
         body["heatmap"] = "data:image/png;base64," + result.heatmap_png

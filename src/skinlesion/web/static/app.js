@@ -32,6 +32,7 @@ function showAnswer(body) {
   $("risk").textContent = `Risk group: ${body.risk}`;
   $("risk").className = `risk ${body.risk}`;
   $("uncertain").hidden = !body.uncertain;
+  $("seen").hidden = !body.seen_by_model;
   $("advice").textContent = body.advice;
   const bars = $("bars");
   bars.replaceChildren();
