@@ -75,6 +75,7 @@ def test_evaluate_leaves_out_what_the_model_trained_on_in_another_folder(tiny_on
 def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_flagged(tiny_onnx, prepared32,
                                                                                         tmp_path):
     import onnx
+    import torch
 
     manifest = read_manifest(prepared32)
     only_seen = manifest[manifest["split"] != "test"].assign(split=lambda t: t["split"].replace("train", "test"))
@@ -91,7 +92,13 @@ def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_
     onnx.save(unrecorded, str(tmp_path / "old.onnx"))
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "old.onnx"), "--data", str(prepared32), "--split",
                                        "test", "--out", str(tmp_path / "old")])
-    assert result.exit_code == 0 and "not checked: the model records no training photos" in result.output
+    assert result.exit_code == 0 and "not checked: the model records no training photos (a file exported" in \
+        result.output
+    run = torch.load(tiny_onnx.parent / "model.pt", weights_only=False)
+    torch.save({**run, "prepared": str(tmp_path / "moved-away")}, tmp_path / "moved.pt")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "moved.pt"), "--data", str(prepared32), "--split",
+                                       "test", "--out", str(tmp_path / "moved")])
+    assert result.exit_code == 0 and f"its training folder {tmp_path / 'moved-away'} is not found" in result.output
 
 
 def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data):

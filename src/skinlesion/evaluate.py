@@ -9,7 +9,7 @@ import pandas as pd
 from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
 from skinlesion.metrics import confidence_bins, confusion_matrix, expected_calibration_error, per_class_table, summarise
-from skinlesion.seen import describe_left_out, recorded_seen, seen_rows
+from skinlesion.seen import seen_before
 
 
 def write_submission(path: Path, images, probs: np.ndarray, classes, columns=CODES) -> None:
@@ -111,18 +111,12 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
     if (meta["size"], meta["policy"]) != (prepared.size, prepared.policy):
         raise ValueError(f"{model_path} expects {meta['size']}px '{meta['policy']}' images but {prepared_dir} "
                          f"holds {prepared.size}px '{prepared.policy}'; prepare the data at the model's size")
-    seen = recorded_seen(meta)
-    by_lesion = prepared.protocol == "lesion"  # the paper's protocol shares lesions across splits on purpose
-    if seen is None:
-        seen_check = ("not checked: the model records no training photos (exported before 2026-12-01, or its "
-                      "prepared folder is gone), so some of these photos may be ones it trained on")
-    else:
-        left_out = seen_rows(rows, seen, split, by_lesion).to_numpy()
-        if left_out.all():
-            raise ValueError(f"{prepared_dir}: the model met every photo of its {split} split before (in training "
-                             f"or validation); score it on a folder prepared with --splits-from its own")
-        seen_check = describe_left_out(rows[left_out], len(rows), split, by_lesion)
-        rows, logits = rows[~left_out], logits[~left_out]
+    # The paper's protocol shares lesions across splits on purpose, so there only the same photos are left out.
+    left_out, seen_check = seen_before(rows, meta, split, by_lesion=prepared.protocol == "lesion")
+    if len(rows) and left_out.all():
+        raise ValueError(f"{prepared_dir}: the model met every photo of its {split} split before (in training "
+                         f"or validation); score it on a folder prepared with --splits-from its own")
+    rows, logits = rows[~left_out], logits[~left_out]
     y_true = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     probs = calibrated(logits, meta)
     # An exported file may sit in the installed package: its report goes to the current folder instead.

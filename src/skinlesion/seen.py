@@ -8,6 +8,7 @@ afresh, and the user's full ISIC 2019 set holds every photo of our sample. So `e
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SEEN_KEY = "skinlesion.seen"  # ONNX metadata entry, apart from the card (the API serves the card)
@@ -43,6 +44,18 @@ def seen_rows(rows: pd.DataFrame, seen: dict, split: str, by_lesion: bool) -> pd
         lesions = set().union(*(seen[s]["lesions"] for s in earlier))
         marked |= (rows["lesion_id"] != "") & rows["lesion_id"].isin(lesions)
     return marked
+
+
+def seen_before(rows: pd.DataFrame, meta: dict, split: str, by_lesion: bool) -> tuple[np.ndarray, str]:
+    """Return which rows a saved model met before scoring `split`, and a line saying what that leaves out and why."""
+    seen = recorded_seen(meta)
+    if seen is None:
+        where = f"its training folder {meta['prepared']} is not found from here" if meta.get("prepared") else \
+            "a file exported before 2026-12-01"
+        return np.zeros(len(rows), bool), (f"not checked: the model records no training photos ({where}), so some "
+                                           f"of these photos may be ones it trained on")
+    marked = seen_rows(rows, seen, split, by_lesion)
+    return marked.to_numpy(), describe_left_out(rows[marked], len(rows), split, by_lesion)
 
 
 def describe_left_out(left_out: pd.DataFrame, total: int, split: str, by_lesion: bool) -> str:
