@@ -3,7 +3,6 @@
 import json
 
 import pandas as pd
-import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main
@@ -25,6 +24,18 @@ def test_a_score_leaves_out_photos_and_lesions_met_in_an_earlier_role():
     # Validation photos may be scored as validation; training photos may not.
     assert seen_rows(rows, seen, "val", by_lesion=True).tolist() == [True, True, False, False, False]
     assert not seen_rows(rows, seen, "train", by_lesion=True).any()
+
+
+def unrecorded_copy(model, out):
+    """Copy an exported model without its record of seen photos, as files exported before 2026-12-01 are."""
+    import onnx
+
+    copy = onnx.load(str(model))
+    kept = [p for p in copy.metadata_props if p.key != SEEN_KEY]
+    del copy.metadata_props[:]
+    copy.metadata_props.extend(kept)
+    onnx.save(copy, str(out))
+    return out
 
 
 def refolded(prepared32, out, manifest: pd.DataFrame, protocol: str = "lesion"):
@@ -74,7 +85,6 @@ def test_evaluate_leaves_out_what_the_model_trained_on_in_another_folder(tiny_on
 
 def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_flagged(tiny_onnx, prepared32,
                                                                                         tmp_path):
-    import onnx
     import torch
 
     manifest = read_manifest(prepared32)
@@ -85,12 +95,8 @@ def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_
     assert result.exit_code == 1 and "met every photo of its test split" in result.output
     assert "Traceback" not in result.output
 
-    unrecorded = onnx.load(str(tiny_onnx))
-    kept = [p for p in unrecorded.metadata_props if p.key != SEEN_KEY]
-    del unrecorded.metadata_props[:]
-    unrecorded.metadata_props.extend(kept)
-    onnx.save(unrecorded, str(tmp_path / "old.onnx"))
-    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "old.onnx"), "--data", str(prepared32), "--split",
+    old = unrecorded_copy(tiny_onnx, tmp_path / "old.onnx")
+    result = CliRunner().invoke(main, ["evaluate", str(old), "--data", str(prepared32), "--split",
                                        "test", "--out", str(tmp_path / "old")])
     assert result.exit_code == 0 and "not checked: the model records no training photos (a file exported" in \
         result.output
@@ -114,12 +120,55 @@ def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32
     assert unseen.exit_code == 0 and "by file name" not in unseen.output
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_the_bundled_model_records_the_photos_on_its_card(split):
+def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
     from skinlesion.export import read_card
     from skinlesion.predict import BUNDLED_MODEL
+    from skinlesion.prepare import load_prepared
 
     seen, card = Predictor().seen, read_card(BUNDLED_MODEL)
-    assert len(seen[split]["images"]) == sum(card["data"][split].values())
     assert not set(seen["train"]["images"]) & set(seen["val"]["images"])
     assert not set(seen["train"]["lesions"]) & set(seen["val"]["lesions"])
+    result = CliRunner().invoke(main, ["prepare", "--data", str(shared_data), "--out", str(tmp_path / "p"), "--balance",
+                                       "all", "--size", "16", "--splits-from", str(BUNDLED_MODEL),
+                                       "--no-merge-near-duplicates"])  # at 16 px the hash merges unrelated photos
+    assert result.exit_code == 0, result.output
+    prepared = load_prepared(tmp_path / "p")
+    for split in ("train", "val", "test"):  # photos per class and split as the card records them
+        counts = prepared.split(split)["label"].value_counts()
+        assert {c: int(counts.get(c, 0)) for c in prepared.classes} == card["data"][split], split
+
+
+
+def test_prepare_from_a_model_tests_it_on_every_photo_and_lesion_it_never_met(tiny_onnx, prepared32, layout40,
+                                                                                tmp_path):
+    from skinlesion.prepare import load_prepared
+
+    model = read_manifest(prepared32).set_index("image")
+    other = layout40 / "ISIC_2019_Training_Metadata.csv"  # one unseen photo joins a lesion the model trained on
+    meta = pd.read_csv(other, keep_default_na=False)
+    truth = pd.read_csv(layout40 / "ISIC_2019_Training_GroundTruth.csv").set_index("image")
+    met = model.index[model["split"].isin(["train", "val"])]
+    unseen = meta.index[~meta["image"].isin(met) & (truth.loc[meta["image"], "MEL"] == 1).to_numpy()]
+    trained_lesion = model.loc[(model["split"] == "train") & (model["lesion_id"] != ""), "lesion_id"].iloc[0]
+    meta.loc[unseen[0], "lesion_id"] = trained_lesion
+    meta.to_csv(other, index=False)
+    result = CliRunner().invoke(main, ["prepare", "--data", str(layout40), "--out", str(tmp_path / "p"), "--size", "32",
+                                       "--balance", "paper", "--splits-from", str(tiny_onnx)])
+    assert result.exit_code == 0, result.output
+    table = load_prepared(tmp_path / "p").table.set_index("image")
+    recorded = model["split"].reindex(table.index)
+    kept = table["label"].isin(["MEL", "NV", "BCC", "AK", "BKL", "SCC"])  # the paper's classes, as the model's
+    as_recorded = kept & recorded.isin(["train", "val"])
+    assert as_recorded.sum() > 20 and (table.loc[as_recorded, "split"] == recorded[as_recorded]).all()
+    assert table.loc[meta.loc[unseen[0], "image"], "split"] == "unused"
+    assert (table.loc[~kept, "split"] == "unused").all()
+    assert {"train", "val", "test"} <= set(table["split"])
+    assert not table.index[table["split"] == "test"].isin(met).any()
+    evaluated = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(tmp_path / "p"), "--split", "test",
+                                          "--out", str(tmp_path / "r")])
+    assert evaluated.exit_code == 0 and "checked: none of the" in evaluated.output
+
+    old = unrecorded_copy(tiny_onnx, tmp_path / "old.onnx")  # a file without the record cannot lend its split
+    refused = CliRunner().invoke(main, ["prepare", "--data", str(layout40), "--out", str(tmp_path / "q"), "--size",
+                                        "32", "--balance", "paper", "--splits-from", str(old)])
+    assert refused.exit_code == 1 and "records no training photos" in refused.output

@@ -10,6 +10,7 @@ import pandas as pd
 from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
 from skinlesion.classes import CODES
 from skinlesion.isic import read_isic
+from skinlesion.seen import read_seen, splits_unseen_by
 from skinlesion.splits import UNUSED, BalanceConfig, SplitConfig, assign_splits, count_table
 
 MANIFEST = "splits.csv"
@@ -58,8 +59,11 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     pairs = near_duplicate_pairs(cache.index, config.near_duplicate_bits)
     result = assign_splits(images, config.balance, config.split, pairs)
     table = result.table
-    if config.split.splits_from:
-        table["split"] = reused_splits(table, Path(config.split.splits_from), result.classes)
+    source = Path(config.split.splits_from)
+    if config.split.splits_from and source.suffix == ".onnx":  # score an exported model on all it never met
+        table["split"] = splits_unseen_by(table, read_seen(source), result.classes)
+    elif config.split.splits_from:
+        table["split"] = reused_splits(table, source, result.classes)
     table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(out_dir / MANIFEST, index=False)
     pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
     cross = cross_split_pairs(table, pairs)

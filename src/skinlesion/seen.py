@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinlesion.splits import UNUSED
+
 SEEN_KEY = "skinlesion.seen"  # ONNX metadata entry, apart from the card (the API serves the card)
 # A score of a split leaves out photos the model met in an earlier role: training photos from a validation score;
 # training and validation photos (which kept its epoch and fitted its calibration) from a test score.
@@ -67,6 +69,32 @@ def describe_left_out(left_out: pd.DataFrame, total: int, split: str, by_lesion:
     return (f"left out {len(left_out)} of the {total} {split} photos ({per_class}): the model met these {what} in "
             f"{' or '.join(EARLIER[split])}, so they are no test of it; "
             f"scored on the other {total - len(left_out)}")
+
+
+def read_seen(model_path: Path) -> dict:
+    """Return the record an exported model carries; fail with the fix if it has none."""
+    from skinlesion.predict import Predictor  # late: predict imports this module
+
+    seen = Predictor(model_path).seen
+    if seen is None:
+        raise ValueError(f"{model_path}: records no training photos (exported before 2026-12-01); pass the prepared "
+                         f"folder it was trained from instead")
+    return seen
+
+
+def splits_unseen_by(table: pd.DataFrame, seen: dict, classes) -> pd.Series:
+    """Each image's split for scoring a model on all it never met: its training and validation photos keep their
+    splits, photos of a lesion (or near-duplicate group) it met are unused, and every other photo is test."""
+    split = pd.Series("test", index=table.index)
+    for name in ("train", "val"):
+        split[table["image"].isin(seen[name]["images"])] = name
+    met = split != "test"
+    lesions = set(seen["train"]["lesions"]) | set(seen["val"]["lesions"])
+    related = ((table["lesion_id"] != "") & table["lesion_id"].isin(lesions)) | \
+        table["group"].isin(table.loc[met, "group"])
+    split[related & ~met] = UNUSED
+    split[~table["label"].isin(classes)] = UNUSED
+    return split
 
 
 def photo_index(seen: dict | None) -> dict:

@@ -38,7 +38,9 @@ class SplitConfig:
     test_fraction: float = 0.15
     seed: int = 0
     merge_near_duplicates: bool = True  # near-identical images join one group, as lesion ids miss some
-    splits_from: str = ""  # an earlier prepared folder whose split to reuse (same test set at another input size)
+    # An earlier prepared folder whose split to reuse (same test set at another input size), or an exported .onnx
+    # model: its training and validation photos as recorded, every photo it never met (nor its lesion) test.
+    splits_from: str = ""
     # Cross-validation: folds = K >= 2 deals the groups into K folds and fold I of them is test (test_fraction is
     # then 1/K), so K prepares with folds 0..K-1 test every image once; val_fraction stays a share of all images.
     folds: int = 0
