@@ -3,7 +3,8 @@
 A model scored on photos it trained on looks better than it is, which is the paper's flaw. Our own folders cannot
 do that, but another folder can: preparing the same data at another size without --splits-from deals the lesions
 afresh, and the user's full ISIC 2019 set holds every photo of our sample. So `export` writes the record into the
-.onnx file, a run finds it in its training folder, and `evaluate` leaves out what the model met before.
+.onnx file, a run finds it in its training folder, `evaluate` leaves out what the model met before, and
+`prepare --splits-from MODEL.onnx` makes a folder whose test split is everything the model never met.
 """
 
 from pathlib import Path
