@@ -6,6 +6,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from skinlesion.cli import main
+from skinlesion.export import write_model_card
 from skinlesion.isic import IMAGE_DIR
 from skinlesion.predict import Predictor
 from skinlesion.prepare import read_manifest
@@ -96,6 +97,8 @@ def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_
     assert "Traceback" not in result.output
 
     old = unrecorded_copy(tiny_onnx, tmp_path / "old.onnx")
+    assert "--splits-from" not in write_model_card(old, tmp_path / "old.md").read_text()
+    assert "--splits-from model.onnx" in write_model_card(tiny_onnx, tmp_path / "tiny.md").read_text()
     result = CliRunner().invoke(main, ["evaluate", str(old), "--data", str(prepared32), "--split",
                                        "test", "--out", str(tmp_path / "old")])
     assert result.exit_code == 0 and "not checked: the model records no training photos (a file exported" in \
@@ -126,6 +129,9 @@ def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
     from skinlesion.prepare import load_prepared
 
     seen, card = Predictor().seen, read_card(BUNDLED_MODEL)
+    card_text = BUNDLED_MODEL.with_name("MODEL_CARD.md").read_text()  # it tells how to check its test figures
+    assert f"--size {card['size']} --resize {card['policy']} --splits-from model.onnx" in card_text
+    assert f"{len(seen['train']['images']):,} training and {len(seen['val']['images']):,} validation" in card_text
     assert not set(seen["train"]["images"]) & set(seen["val"]["images"])
     assert not set(seen["train"]["lesions"]) & set(seen["val"]["lesions"])
     result = CliRunner().invoke(main, ["prepare", "--data", str(shared_data), "--out", str(tmp_path / "p"), "--balance",

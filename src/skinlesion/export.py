@@ -219,6 +219,7 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                   f"probabilities assume ({m['ece']:.3f} unweighted).", "",
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
                   "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
+    lines += reproduce_lines(onnx_path, card)
     lines += ["## Data and limitations", ""] + data_lines(card.get("data")) + [
               "- Every choice (epochs, recipe, ensemble members) and the calibration were made on the validation "
               "split; the test split was never used for them.",
@@ -226,6 +227,25 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
               "under-represented in ISIC will do worse. It is not a diagnostic device.", ""]
     Path(out).write_text("\n".join(lines))
     return Path(out)
+
+
+def reproduce_lines(onnx_path: Path, card: dict) -> list[str]:
+    """Say how to rebuild the test split from the file's own record of the photos it met (seen.py), if it has one."""
+    from skinlesion.predict import Predictor
+
+    seen = Predictor(onnx_path).seen
+    if not seen:
+        return []
+    name = Path(onnx_path).name
+    return ["## Checking the test figures", "",
+            f"The file lists the ISIC ids of its {len(seen['train']['images']):,} training and "
+            f"{len(seen['val']['images']):,} validation photos and of their lesions, so its split can be rebuilt from "
+            f"the data alone, and its test figures checked:", "", "```bash",
+            f"skinlesion prepare --data ISIC_2019_FOLDER --out prepared --balance all --classes "
+            f"{','.join(card['classes'])} --size {card['size']} --resize {card['policy']} --splits-from {name}",
+            f"skinlesion evaluate {name} --data prepared --split test", "```", "",
+            "On a larger set (the full ISIC 2019 training set) the same commands test it on every photo it never met, "
+            "photos of lesions it met left out.", ""]
 
 
 def data_lines(data: dict | None) -> list[str]:
