@@ -1,6 +1,8 @@
 """What a model has seen travels with it, and no score counts those photos (or their lesions) as new."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pandas as pd
 from click.testing import CliRunner
@@ -26,6 +28,30 @@ def test_a_score_leaves_out_photos_and_lesions_met_in_an_earlier_role():
     assert seen_rows(rows, seen, "val", by_lesion=True).tolist() == [True, True, False, False, False]
     assert not seen_rows(rows, seen, "train", by_lesion=True).any()
 
+
+
+def test_a_saved_model_that_met_a_lesion_we_test_on_may_not_start_or_join_a_run(prepared32):
+    """Our lesion-grouped folder keeps each lesion in one split, but a model trained on another split may have met
+    another photo of one of our test lesions: as good as training on that test photo, so start_from refuses it."""
+    import pytest
+
+    from skinlesion.prepare import load_prepared
+    from skinlesion.training import check_held_out
+
+    ours = load_prepared(prepared32)
+    test = ours.split("test")
+    lesion = test[test["lesion_id"] != ""].iloc[0]
+    # A record of our own training split passes; the same plus another photo of one of our test lesions does not.
+    record = seen_record(ours.table)
+    check_held_out(Path("own.pt"), {"seen": record}, ours)
+    record["train"]["lesions"].append(lesion["lesion_id"])
+    with pytest.raises(ValueError, match=f"was trained on 1 of our validation/test images or their lesions "
+                                         f"\\(e.g. {lesion['image']}\\)"):
+        check_held_out(Path("other.pt"), {"seen": record}, ours)
+    # In the paper's protocol lesions are shared across splits by design; only the same photo counts there.
+    check_held_out(Path("other.pt"), {"seen": record}, dataclasses.replace(ours, protocol="paper"))
+    with pytest.raises(ValueError, match="does not record its training data"):
+        check_held_out(Path("bare.pt"), {}, ours)
 
 def unrecorded_copy(model, out):
     """Copy an exported model without its record of seen photos, as files exported before 2026-12-01 are."""

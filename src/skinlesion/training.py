@@ -19,6 +19,7 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, predict_logits, save_model
 from skinlesion.prepare import load_prepared
 from skinlesion.presets import AUGMENTATIONS, EvalPreset
+from skinlesion.seen import recorded_seen, seen_rows
 from skinlesion.splits import class_weights, sampler_weights
 
 IMBALANCE = ("none", "weights", "sampler")
@@ -289,12 +290,21 @@ def start_from(model, init: Path, config: TrainConfig, prepared) -> None:
 
 
 def check_held_out(path: Path, meta: dict, prepared) -> None:
-    """Refuse a saved model whose recorded training split holds any of our validation or test images."""
-    if not meta.get("prepared"):
-        raise ValueError(f"{path}: it does not record its training data, so it cannot be checked against ours")
-    earlier = load_prepared(meta["prepared"])
-    held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]["image"]
-    seen = held_out[held_out.isin(earlier.split("train")["image"])]
-    if len(seen):
-        raise ValueError(f"{path} was trained on {len(seen)} of our validation/test images (e.g. {seen.iloc[0]}); "
-                         f"prepare ours with --splits-from {earlier.out_dir}")
+    """Refuse a saved model that trained on any of our validation or test photos or, in a lesion-grouped folder, on
+    another photo of one of their lesions (seen.seen_rows)."""
+    seen = recorded_seen(meta)
+    if seen is None:
+        where = f"its training folder {meta['prepared']} is not found from here" if meta.get("prepared") else \
+            "it names no training folder"
+        raise ValueError(f"{path}: it does not record its training data ({where}), so it cannot be checked against "
+                         f"ours")
+    by_lesion = prepared.protocol == "lesion"
+    held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]
+    # What a model met before a validation score is its training split: exactly what must not touch ours.
+    met = held_out[seen_rows(held_out, seen, "val", by_lesion).to_numpy()]
+    if len(met):
+        what = "images or their lesions" if by_lesion else "images"
+        fix = f"prepare ours with --splits-from {meta['prepared']}" if meta.get("prepared") else \
+            "prepare ours with --splits-from the folder it was trained from"
+        raise ValueError(f"{path} was trained on {len(met)} of our validation/test {what} "
+                         f"(e.g. {met['image'].iloc[0]}); {fix}")
