@@ -5,13 +5,14 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main
 from skinlesion.export import write_model_card
 from skinlesion.isic import IMAGE_DIR
 from skinlesion.predict import Predictor
-from skinlesion.prepare import read_manifest
+from skinlesion.prepare import load_prepared, photo_hashes, read_manifest
 from skinlesion.seen import SEEN_KEY, seen_record, seen_rows
 
 
@@ -33,9 +34,6 @@ def test_a_score_leaves_out_photos_and_lesions_met_in_an_earlier_role():
 def test_a_saved_model_that_met_a_lesion_we_test_on_may_not_start_or_join_a_run(prepared32):
     """Our lesion-grouped folder keeps each lesion in one split, but a model trained on another split may have met
     another photo of one of our test lesions: as good as training on that test photo, so start_from refuses it."""
-    import pytest
-
-    from skinlesion.prepare import load_prepared
     from skinlesion.training import check_held_out
 
     ours = load_prepared(prepared32)
@@ -80,7 +78,8 @@ def test_evaluate_leaves_out_what_the_model_trained_on_in_another_folder(tiny_on
                                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)
     manifest = read_manifest(prepared32)
-    assert Predictor(tiny_onnx).seen == seen_record(manifest)  # export wrote the training folder's record
+    # export wrote the training folder's record, with the pixel cache's hashes of its photos
+    assert Predictor(tiny_onnx).seen == seen_record(manifest, photo_hashes(load_prepared(prepared32)))
     own = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(prepared32), "--split", "test"])
     assert own.exit_code == 0, own.output
     test = manifest[manifest["split"] == "test"]
@@ -136,23 +135,42 @@ def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_
     assert result.exit_code == 0 and f"its training folder {tmp_path / 'moved-away'} is not found" in result.output
 
 
-def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data):
+def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data, tmp_path):
     manifest = read_manifest(prepared32)
     images = {split: manifest[manifest["split"] == split]["image"] for split in ("train", "val", "test")}
-    names = [*images["train"].head(3), images["val"].iloc[0], images["test"].iloc[0]]
+    names = [*images["train"].head(2), images["val"].iloc[0], images["test"].iloc[0]]
     files = [str(shared_data / IMAGE_DIR / f"{name}.jpg") for name in names]
-    result = CliRunner().invoke(main, ["predict", *files, "--model", str(tiny_onnx)])
+    renamed = tmp_path / "IMG_0001.jpg"  # a training photo under a camera's name: found by its pixels
+    renamed.write_bytes((shared_data / IMAGE_DIR / f"{images['train'].iloc[2]}.jpg").read_bytes())
+    result = CliRunner().invoke(main, ["predict", *files, str(renamed), "--model", str(tiny_onnx)])
     assert result.exit_code == 0, result.output
-    assert ("by file name, 3 of these 5 photos were among the model's training photos and 1 among its validation "
+    assert ("note: 3 of these 5 photos are among the model's training photos and 1 among its validation "
             "photos") in result.output
     unseen = CliRunner().invoke(main, ["predict", files[-1], "--model", str(tiny_onnx)])
-    assert unseen.exit_code == 0 and "by file name" not in unseen.output
+    assert unseen.exit_code == 0 and "among the model's training photos" not in unseen.output
+
+
+def test_the_bundled_file_knows_its_photos_by_their_pixels(shared_data):
+    from skinlesion.imaging import model_input_and_hash, open_rgb
+
+    predictor = Predictor()
+    seen = predictor.seen_photos
+    assert len(seen.hashes) == len(seen.by_name) == sum(len(predictor.seen[s]["images"]) for s in ("train", "val"))
+
+    def split_of_renamed(image):
+        photo = open_rgb(shared_data / IMAGE_DIR / f"{image}.jpg", draft_size=predictor.size)
+        return seen.split_of("renamed", model_input_and_hash(photo, predictor.size, predictor.policy)[1])
+
+    truth = pd.read_csv(shared_data / "ISIC_2019_Training_GroundTruth.csv", usecols=["image"])["image"]
+    new = truth[~truth.isin(list(seen.by_name))].head(20)  # test photos: neither they nor their lesions were met
+    assert split_of_renamed(predictor.seen["train"]["images"][0]) == "train"
+    assert split_of_renamed(predictor.seen["val"]["images"][-1]) == "val"
+    assert [split_of_renamed(image) for image in new] == [None] * 20
 
 
 def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
     from skinlesion.export import read_card
     from skinlesion.predict import BUNDLED_MODEL
-    from skinlesion.prepare import load_prepared
 
     seen, card = Predictor().seen, read_card(BUNDLED_MODEL)
     card_text = BUNDLED_MODEL.with_name("MODEL_CARD.md").read_text()  # it tells how to check its test figures
@@ -173,7 +191,6 @@ def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
 
 def test_prepare_from_a_model_tests_it_on_every_photo_and_lesion_it_never_met(tiny_onnx, prepared32, layout40,
                                                                                 tmp_path):
-    from skinlesion.prepare import load_prepared
 
     model = read_manifest(prepared32).set_index("image")
     other = layout40 / "ISIC_2019_Training_Metadata.csv"  # one unseen photo joins a lesion the model trained on

@@ -64,14 +64,23 @@ def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
     assert "heatmap" not in post(client, lesion_jpeg).json
 
 
-def test_a_file_named_like_a_training_photo_is_flagged(client, lesion_jpeg, prepared32):
+def test_a_photo_the_model_met_is_flagged_by_its_name_or_its_pixels(client, prepared32, shared_data):
+    from skinlesion.isic import IMAGE_DIR
     from skinlesion.prepare import read_manifest
 
     manifest = read_manifest(prepared32)
-    trained, tested = (manifest[manifest["split"] == split]["image"].iloc[0] for split in ("train", "test"))
-    assert post(client, lesion_jpeg, name=f"{trained}.jpg").json["seen_by_model"] == "train"
-    assert post(client, lesion_jpeg, name=f"{tested}.JPG").json["seen_by_model"] is None
-    assert post(client, lesion_jpeg).json["seen_by_model"] is None
+    trained, validated, tested = (manifest[manifest["split"] == split]["image"].iloc[0]
+                                  for split in ("train", "val", "test"))
+
+    def photo(image):
+        return (shared_data / IMAGE_DIR / f"{image}.jpg").read_bytes()
+
+    assert post(client, photo(tested), name=f"{tested}.JPG").json["seen_by_model"] is None
+    assert post(client, photo(tested), name=f"{trained}.jpg").json["seen_by_model"] == "train"  # by its name
+    # A renamed copy, enlarged and saved again as another camera's file would be: by its pixels.
+    enlarged = encode(Image.open(io.BytesIO(photo(validated))).resize((600, 450)), "JPEG", quality=85)
+    assert post(client, enlarged, name="IMG_0001.jpg").json["seen_by_model"] == "val"
+    assert post(client, photo(trained), name="IMG_0002.jpg").json["seen_by_model"] == "train"
 
 
 def test_model_health_and_openapi_routes(client):

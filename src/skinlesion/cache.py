@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion.imaging import ImageError, RESIZE_POLICIES, difference_hash, fill_dark_border, open_rgb, resize
+from skinlesion.imaging import NEAR_DUPLICATE_BITS, ImageError, RESIZE_POLICIES, model_input_and_hash, open_rgb
 
 PREPROCESSING = "dark-border-filled-2"  # changes whenever imaging's output changes, so older caches are rebuilt
 
@@ -58,13 +58,12 @@ def decode_chunk(job: tuple[str, int, list[str], int, str]) -> list[tuple[str, s
     results = []
     for i, path in enumerate(paths):
         try:
-            resized = resize(open_rgb(path, draft_size=size), size, policy)  # as load_pixels, border not yet painted
+            # Hashed before the border is painted, so the split stays the one made before painting was added.
+            pixels[start + i], dhash = model_input_and_hash(open_rgb(path, draft_size=size), size, policy)
         except ImageError as error:
             results.append(("", str(error)))
             continue
-        pixels[start + i] = fill_dark_border(resized)
-        # Hashed before the border is painted, so the split stays the one made before painting was added (2026-11-29).
-        results.append((difference_hash(resized), ""))
+        results.append((dhash, ""))
     pixels.flush()
     return results
 
@@ -99,12 +98,8 @@ def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, prog
     return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=False)
 
 
-def near_duplicate_pairs(index: pd.DataFrame, max_distance: int = 48) -> list[tuple[str, str]]:
-    """Return (image, image) pairs whose 512-bit hashes differ in at most max_distance bits.
-
-    48 was read off the sample: pairs up to ~50 were all the same photo or the same lesion
-    re-photographed, while random pairs differ in 110 bits or more (0.1st percentile).
-    """
+def near_duplicate_pairs(index: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_BITS) -> list[tuple[str, str]]:
+    """Return (image, image) pairs whose 512-bit hashes differ in at most max_distance bits."""
     ok = index[index["problem"] == ""]
     if len(ok) < 2:
         return []

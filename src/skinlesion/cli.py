@@ -237,22 +237,22 @@ def predict(inputs, model_path, output, output_format, batch_size):
     if output:
         columns = CODES
         if output_format == "isic2018":
-            rows, columns = [(name, predictor.as_isic2018(probs)) for name, probs in rows], ISIC2018_CODES
-        frame = pd.DataFrame([{"image": name, **probs} for name, probs in rows], columns=["image", *columns])
+            rows, columns = [(name, predictor.as_isic2018(probs), met) for name, probs, met in rows], ISIC2018_CODES
+        frame = pd.DataFrame([{"image": name, **probs} for name, probs, _ in rows], columns=["image", *columns])
         frame.to_csv(output, index=False, float_format="%.6f")
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:
-        for name, probs in rows:
+        for name, probs, _ in rows:
             top = max(probs, key=probs.get)
             flag = "  uncertain" if is_uncertain(probs[top]) else ""  # as the web app flags it
             click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk}){flag}")
     for problem in problems:
         click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
-    seen = Counter(predictor.seen_photos.get(name) for name, _ in rows)
+    seen = Counter(met for _, _, met in rows)
     if seen["train"] or seen["val"]:
-        click.echo(f"note: by file name, {seen['train']} of these {len(rows)} photos were among the model's "
-                   f"training photos and {seen['val']} among its validation photos; its answers on them are "
-                   f"no test of how it does on new photos", err=True)
+        click.echo(f"note: {seen['train']} of these {len(rows)} photos are among the model's training photos and "
+                   f"{seen['val']} among its validation photos (by file name, or as near-identical pixels: the "
+                   f"same photo or lesion); its answers on them are no test of how it does on new photos", err=True)
     click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)
 
 

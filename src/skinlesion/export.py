@@ -14,7 +14,7 @@ from skinlesion.evaluate import resolve_model, saved_model_logits
 from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
-from skinlesion.prepare import Prepared, data_record, load_prepared
+from skinlesion.prepare import Prepared, data_record, load_prepared, photo_hashes
 from skinlesion.seen import SEEN_KEY, seen_record
 
 
@@ -280,7 +280,7 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
     report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(prepared),
-                         seen=seen_record(prepared.table))
+                         seen=seen_record(prepared.table, photo_hashes(prepared)))
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch

@@ -13,8 +13,8 @@ from PIL import Image
 
 from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
-from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, load_pixels, model_input, open_rgb
-from skinlesion.seen import SEEN_KEY, photo_index
+from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, model_input_and_hash, open_rgb
+from skinlesion.seen import SEEN_KEY, SeenPhotos
 
 METADATA_KEY = "skinlesion"
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
@@ -31,6 +31,7 @@ class Assessment:
     risk: str | None = None
     uncertain: bool | None = None
     heatmap_png: str | None = None  # base64 PNG: the CAM overlaid on the model's view of the image
+    seen_by_model: str | None = None  # "train" / "val": the model met this photo (by name or pixels), see seen.py
 
 
 class Predictor:
@@ -53,7 +54,7 @@ class Predictor:
             raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
         # The photos and lesions it trained and was validated on (seen.py); None in files exported before 2026-12-01.
         self.seen = json.loads(metadata[SEEN_KEY]) if SEEN_KEY in metadata else None
-        self.seen_photos = photo_index(self.seen)  # image id -> "train" / "val", to flag a file named like one
+        self.seen_photos = SeenPhotos(self.seen)  # to flag a photo the model met, by its name or its pixels
         self.classes = tuple(self.card["classes"])
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
@@ -85,10 +86,11 @@ class Predictor:
         total = sum(merged.values())
         return {code: p / total for code, p in merged.items()}
 
-    def assess(self, source, heatmap: bool = False) -> Assessment:
-        """Classify one image (bytes or path) as the web app shows it; refuse images it should not judge."""
+    def assess(self, source, heatmap: bool = False, name: str = "") -> Assessment:
+        """Classify one image (bytes or path, its file name without suffix `name`) as the web app shows it; refuse
+        images it should not judge."""
         image = open_rgb(source, draft_size=self.size)
-        pixels = model_input(image, self.size, self.policy)
+        pixels, dhash = model_input_and_hash(image, self.size, self.policy)
         reason = cannot_assess(image, pixels)
         if reason:
             return Assessment(assessable=False, reason=reason)
@@ -97,22 +99,26 @@ class Predictor:
         label = self.classes[top]
         return Assessment(assessable=True, label=label, probabilities=self.all_codes(probs[0]),
                           risk=BY_CODE[label].risk, uncertain=is_uncertain(float(probs[0, top])),
-                          heatmap_png=heatmap_overlay(pixels, maps[0, top]) if heatmap else None)
+                          heatmap_png=heatmap_overlay(pixels, maps[0, top]) if heatmap else None,
+                          seen_by_model=self.seen_photos.split_of(name, dhash))
 
-    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict]], list[dict]]:
-        """Classify image files in batches; return ((image, probabilities) rows, problems)."""
+    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str]], list]:
+        """Classify image files in batches; return ((image, probabilities, seen_by_model) rows, problems)."""
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
-            names, batch = [], []
+            names, batch, seen = [], [], []
             for path in paths[start:start + batch_size]:
                 try:
-                    batch.append(load_pixels(path, self.size, self.policy))
-                    names.append(Path(path).stem)
+                    pixels, dhash = model_input_and_hash(open_rgb(path, draft_size=self.size), self.size, self.policy)
                 except ImageError as error:
                     problems.append({"path": str(path), "problem": str(error)})
+                    continue
+                batch.append(pixels)
+                names.append(Path(path).stem)
+                seen.append(self.seen_photos.split_of(names[-1], dhash))
             if batch:
                 probs, _ = self.run(np.stack(batch))
-                rows += [(name, self.all_codes(p)) for name, p in zip(names, probs)]
+                rows += [(name, self.all_codes(p), met) for name, p, met in zip(names, probs, seen)]
         return rows, problems
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
 from skinlesion.classes import CODES
+from skinlesion.imaging import NEAR_DUPLICATE_BITS
 from skinlesion.isic import read_isic
 from skinlesion.seen import read_seen, splits_unseen_by
 from skinlesion.splits import UNUSED, BalanceConfig, SplitConfig, assign_splits, count_table
@@ -24,7 +25,7 @@ class PrepareConfig:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    near_duplicate_bits: int = 48  # of 512 hash bits; see cache.near_duplicate_pairs
+    near_duplicate_bits: int = NEAR_DUPLICATE_BITS  # of 512 hash bits; see imaging
 
 
 @dataclass
@@ -148,6 +149,13 @@ def read_manifest(out_dir: Path) -> pd.DataFrame:
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no manifest; pass a folder written by 'skinlesion prepare'")
     return pd.read_csv(manifest, dtype={"image": str, "lesion_id": str, "group": str}, keep_default_na=False)
+
+
+def photo_hashes(prepared: Prepared) -> dict:
+    """Return each cached photo's near-duplicate hash (image -> hex), from the pixel cache's index."""
+    cache = prepared.out_dir / json.loads((prepared.out_dir / PREPARED_JSON).read_text())["cache"]
+    index = pd.read_csv(cache.with_suffix(".csv"), dtype=str, keep_default_na=False)
+    return dict(zip(index["image"], index["dhash"]))
 
 
 def data_record(prepared: Prepared) -> dict:

@@ -7,25 +7,33 @@ afresh, and the user's full ISIC 2019 set holds every photo of our sample. So `e
 `prepare --splits-from MODEL.onnx` makes a folder whose test split is everything the model never met.
 """
 
+import base64
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from skinlesion.imaging import NEAR_DUPLICATE_BITS
 from skinlesion.splits import UNUSED
 
 SEEN_KEY = "skinlesion.seen"  # ONNX metadata entry, apart from the card (the API serves the card)
 # A score of a split leaves out photos the model met in an earlier role: training photos from a validation score;
 # training and validation photos (which kept its epoch and fitted its calibration) from a test score.
 EARLIER = {"train": (), "val": ("train",), "test": ("train", "val")}
+HASH_BYTES = 64  # imaging.difference_hash's 512 bits
+BITS_SET = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)  # per byte
 
 
-def seen_record(table: pd.DataFrame) -> dict:
-    """Return the image names and lesion ids of a manifest's training and validation splits."""
+def seen_record(table: pd.DataFrame, hashes: dict | None = None) -> dict:
+    """Return the image names and lesion ids of a manifest's training and validation splits, and with `hashes`
+    (image -> the pixel cache's near-duplicate hash) their hashes in the same order, base64."""
     record = {}
     for split in ("train", "val"):
         rows = table[table["split"] == split]
         record[split] = {"images": sorted(rows["image"]), "lesions": sorted(set(rows["lesion_id"]) - {""})}
+        if hashes is not None:
+            packed = b"".join(bytes.fromhex(hashes[image]) for image in record[split]["images"])
+            record[split]["hashes"] = base64.b64encode(packed).decode("ascii")
     return record
 
 
@@ -98,6 +106,24 @@ def splits_unseen_by(table: pd.DataFrame, seen: dict, classes) -> pd.Series:
     return split
 
 
-def photo_index(seen: dict | None) -> dict:
-    """Map each photo a model trained or was validated on (its ISIC image id) to "train" or "val"."""
-    return {image: split for split in ("train", "val") for image in seen[split]["images"]} if seen else {}
+class SeenPhotos:
+    """Tell whether a photo is one a model trained or was validated on: by its name (ISIC id), or, where the record
+    holds hashes, by near-identical pixels (a renamed copy, or the same lesion photographed again)."""
+
+    def __init__(self, seen: dict | None):
+        splits = [s for s in ("train", "val") if seen]
+        self.by_name = {image: split for split in splits for image in seen[split]["images"]}
+        hashed = [split for split in splits if "hashes" in seen[split]]
+        packed = [np.frombuffer(base64.b64decode(seen[split]["hashes"]), np.uint8) for split in hashed]
+        self.hashes = np.concatenate(packed).reshape(-1, HASH_BYTES) if packed else np.zeros((0, HASH_BYTES), np.uint8)
+        self.splits = np.concatenate([[split] * len(seen[split]["images"]) for split in hashed]) if hashed else []
+
+    def split_of(self, name: str, dhash: str) -> str | None:
+        """Return "train" or "val" if the photo named `name` with imaging's hash `dhash` is one the model met."""
+        if name in self.by_name:
+            return self.by_name[name]
+        if not len(self.hashes) or not dhash:
+            return None
+        distance = BITS_SET[self.hashes ^ np.frombuffer(bytes.fromhex(dhash), np.uint8)].sum(axis=1, dtype=np.int32)
+        nearest = int(distance.argmin())
+        return str(self.splits[nearest]) if distance[nearest] <= NEAR_DUPLICATE_BITS else None

@@ -33,8 +33,9 @@ def openapi_document(version: str) -> dict:
                                    "advice": {"type": "string"}, "uncertain": {"type": "boolean"},
                                    "heatmap": {"type": "string", "description": "data: URL of a PNG"},
                                    "seen_by_model": {"type": "string", "enum": ["train", "val"], "nullable": True,
-                                                     "description": "the file is named like a photo the model "
-                                                                    "was trained (train) or validated (val) on"},
+                                                     "description": "the file is named like, or its pixels "
+                                                                    "nearly match, a photo the model was trained "
+                                                                    "(train) or validated (val) on"},
                                    "model_version": {"type": "string"}, "disclaimer": {"type": "string"}}}}}},
                               **errors}}},
             "/api/v1/model": {"get": {"summary": "The model card", "responses": {"200": {"description": "card"}}}},

@@ -150,7 +150,8 @@ def predict():
     if not data:
         return api_error(400, "empty_upload", "The uploaded file is empty.")
     try:
-        result = predictor().assess(data, heatmap=request.form.get("heatmap") == "1")
+        result = predictor().assess(data, heatmap=request.form.get("heatmap") == "1",
+                                    name=Path(upload.filename or "").stem)
     except ImageError as error:
         return api_error(415, "not_an_image", f"This file cannot be read as an image: {error}. "
                                               "Please send a JPEG or PNG photo.")
@@ -162,8 +163,8 @@ def predict():
         "probabilities": result.probabilities, "risk": result.risk, "uncertain": result.uncertain,
         "advice": (UNCERTAIN_ADVICE if result.uncertain else "") + ADVICE[result.risk],
         "model_version": predictor().version, "disclaimer": DISCLAIMER,
-        # A file named like one of the model's own photos (an ISIC id) would flatter it; the page says so.
-        "seen_by_model": predictor().seen_photos.get(Path(upload.filename or "").stem),
+        # One of the model's own photos (by its ISIC id or its pixels) would flatter it; the page says so.
+        "seen_by_model": result.seen_by_model,
     }
     if result.heatmap_png:
         body["heatmap"] = "data:image/png;base64," + result.heatmap_png
