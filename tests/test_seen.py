@@ -135,6 +135,22 @@ def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_
     assert result.exit_code == 0 and f"its training folder {tmp_path / 'moved-away'} is not found" in result.output
 
 
+
+def test_a_damaged_record_stops_the_predictor_with_a_message(tiny_onnx, tmp_path):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    for prop in model.metadata_props:
+        if prop.key == SEEN_KEY:
+            record = json.loads(prop.value)
+            record["train"]["images"].append("ISIC_9999999")  # one more photo than hashes
+            prop.value = json.dumps(record)
+    onnx.save(model, str(tmp_path / "damaged.onnx"))
+    with pytest.raises(ValueError, match="damaged.onnx: its record of the photos it met .* is damaged"):
+        Predictor(tmp_path / "damaged.onnx")
+    result = CliRunner().invoke(main, ["predict", str(tmp_path), "--model", str(tmp_path / "damaged.onnx")])
+    assert result.exit_code == 1 and "export the model again" in result.output
+
 def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data, tmp_path):
     manifest = read_manifest(prepared32)
     images = {split: manifest[manifest["split"] == split]["image"] for split in ("train", "val", "test")}

@@ -52,9 +52,14 @@ class Predictor:
             self.card = json.loads(metadata[METADATA_KEY])
         except Exception as error:  # onnxruntime raises its own exception types; KeyError: no card
             raise ValueError(f"{self.path}: not a skinlesion ONNX model ({error})") from None
-        # The photos and lesions it trained and was validated on (seen.py); None in files exported before 2026-12-01.
-        self.seen = json.loads(metadata[SEEN_KEY]) if SEEN_KEY in metadata else None
-        self.seen_photos = SeenPhotos(self.seen)  # to flag a photo the model met, by its name or its pixels
+        try:
+            # The photos and lesions it trained and was validated on (seen.py); None in files exported before
+            # 2026-12-01.
+            self.seen = json.loads(metadata[SEEN_KEY]) if SEEN_KEY in metadata else None
+            self.seen_photos = SeenPhotos(self.seen)  # to flag a photo the model met, by its name or its pixels
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{self.path}: its record of the photos it met ('{SEEN_KEY}') is damaged ({error}); "
+                             f"export the model again") from None
         self.classes = tuple(self.card["classes"])
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]

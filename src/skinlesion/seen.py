@@ -114,7 +114,10 @@ class SeenPhotos:
         splits = [s for s in ("train", "val") if seen]
         self.by_name = {image: split for split in splits for image in seen[split]["images"]}
         hashed = [split for split in splits if "hashes" in seen[split]]
-        packed = [np.frombuffer(base64.b64decode(seen[split]["hashes"]), np.uint8) for split in hashed]
+        packed = [np.frombuffer(base64.b64decode(seen[split]["hashes"], validate=True), np.uint8) for split in hashed]
+        for split, hashes in zip(hashed, packed):
+            if len(hashes) != HASH_BYTES * len(seen[split]["images"]):
+                raise ValueError(f"{len(hashes)} bytes of {split} hashes for {len(seen[split]['images'])} photos")
         self.hashes = np.concatenate(packed).reshape(-1, HASH_BYTES) if packed else np.zeros((0, HASH_BYTES), np.uint8)
         self.splits = np.concatenate([[split] * len(seen[split]["images"]) for split in hashed]) if hashed else []
 
