@@ -151,6 +151,20 @@ def test_a_damaged_record_stops_the_predictor_with_a_message(tiny_onnx, tmp_path
     result = CliRunner().invoke(main, ["predict", str(tmp_path), "--model", str(tmp_path / "damaged.onnx")])
     assert result.exit_code == 1 and "export the model again" in result.output
 
+
+def test_export_records_the_training_folder_not_the_folder_it_checks_on(tiny_onnx, prepared32, tmp_path):
+    manifest = read_manifest(prepared32)
+    dealt_anew = manifest.copy()
+    first_test = dealt_anew.index[dealt_anew["split"] == "test"][0]
+    dealt_anew.loc[dealt_anew["split"] == "train", "split"] = "test"  # every training photo now looks new there
+    dealt_anew.loc[first_test, "split"] = "train"
+    other = refolded(prepared32, tmp_path / "other", dealt_anew)
+    result = CliRunner().invoke(main, ["export", str(tiny_onnx.parent), "--out", str(tmp_path / "m.onnx"),
+                                       "--data", str(other)])
+    assert result.exit_code == 0, result.output
+    assert f"recorded the photos it was trained and validated on from {prepared32}" in result.output
+    assert Predictor(tmp_path / "m.onnx").seen == Predictor(tiny_onnx).seen
+
 def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data, tmp_path):
     manifest = read_manifest(prepared32)
     images = {split: manifest[manifest["split"] == split]["image"] for split in ("train", "val", "test")}

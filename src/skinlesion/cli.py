@@ -198,6 +198,7 @@ def export(model_path, out, prepared_dir, fp16, card_path):
     report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16))
     click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
                f"{report['parity_images']} real images: max |logit difference| {report['parity_max_abs_diff']:.2e}")
+    click.echo(f"recorded the photos it was trained and validated on from {report['recorded_from']}")
     if "validation" in report:
         v = report["validation"]
         click.echo(f"float16 weights: validation balanced accuracy {v['balanced_accuracy_onnx']:.4f} vs "

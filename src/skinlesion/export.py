@@ -276,11 +276,16 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     """Export with parity checked on validation images; with fp16, also score the file on all of validation."""
     model_file = resolve_model(model_path)
     model, meta = load_model(model_file)
-    prepared = load_prepared(prepared_dir or Path(meta.get("prepared", "")))
+    trained_on = Path(meta.get("prepared", ""))
+    prepared = load_prepared(prepared_dir or trained_on)
+    # What the model was trained on and met comes from its own folder while that is found: a --data folder dealt
+    # otherwise would record the wrong photos as seen. Without it, --data is taken to be that folder, moved.
+    recorded = load_prepared(trained_on) if meta.get("prepared") and trained_on.is_dir() else prepared
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
-    report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(prepared),
-                         seen=seen_record(prepared.table, photo_hashes(prepared)))
+    report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(recorded),
+                         seen=seen_record(recorded.table, photo_hashes(recorded)))
+    report["recorded_from"] = str(recorded.out_dir)
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
