@@ -206,6 +206,7 @@ def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
     card_text = BUNDLED_MODEL.with_name("MODEL_CARD.md").read_text()  # it tells how to check its test figures
     assert f"--size {card['size']} --resize {card['policy']} --splits-from model.onnx" in card_text
     assert f"{len(seen['train']['images']):,} training and {len(seen['val']['images']):,} validation" in card_text
+    assert "near-duplicate hash of each of those photos" in card_text
     assert not set(seen["train"]["images"]) & set(seen["val"]["images"])
     assert not set(seen["train"]["lesions"]) & set(seen["val"]["lesions"])
     result = CliRunner().invoke(main, ["prepare", "--data", str(shared_data), "--out", str(tmp_path / "p"), "--balance",

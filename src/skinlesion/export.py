@@ -245,7 +245,10 @@ def reproduce_lines(onnx_path: Path, card: dict) -> list[str]:
             f"{','.join(card['classes'])} --size {card['size']} --resize {card['policy']} --splits-from {name}",
             f"skinlesion evaluate {name} --data prepared --split test", "```", "",
             "On a larger set (the full ISIC 2019 training set) the same commands test it on every photo it never met, "
-            "photos of lesions it met left out.", ""]
+            "photos of lesions it met left out.", ""] + (
+        ["It also holds a near-duplicate hash of each of those photos, so `skinlesion predict` and the web app "
+         "flag a renamed copy of one (or the same lesion photographed again) as well as a file named like one.", ""]
+        if "hashes" in seen["train"] else [])
 
 
 def data_lines(data: dict | None) -> list[str]:
