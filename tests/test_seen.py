@@ -165,6 +165,22 @@ def test_export_records_the_training_folder_not_the_folder_it_checks_on(tiny_onn
     assert f"recorded the photos it was trained and validated on from {prepared32}" in result.output
     assert Predictor(tmp_path / "m.onnx").seen == Predictor(tiny_onnx).seen
 
+
+def test_an_ensemble_records_what_its_members_trained_on_in_other_folders(tiny_onnx, prepared32, tmp_path):
+    manifest = read_manifest(prepared32)
+    left_unused = manifest.index[manifest["split"] == "train"][:25]
+    thinned = manifest.copy()
+    thinned.loc[left_unused, "split"] = "unused"  # a folder for the ensemble in which 25 training photos are unused
+    other = refolded(prepared32, tmp_path / "other", thinned)
+    made = CliRunner().invoke(main, ["ensemble", str(tiny_onnx.parent), "--views", "2", "--data", str(other),
+                                     "--out", str(tmp_path / "ens")])
+    assert made.exit_code == 0, made.output
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "ens"), "--out", str(tmp_path / "ens.onnx")])
+    assert result.exit_code == 0, result.output
+    assert f"trained and validated on from {other}, {prepared32.resolve()}" in result.output
+    # The member's training photos are all recorded, those the ensemble's folder leaves unused included.
+    assert Predictor(tmp_path / "ens.onnx").seen == Predictor(tiny_onnx).seen
+
 def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data, tmp_path):
     manifest = read_manifest(prepared32)
     images = {split: manifest[manifest["split"] == split]["image"] for split in ("train", "val", "test")}

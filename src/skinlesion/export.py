@@ -15,7 +15,7 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, data_record, load_prepared, photo_hashes
-from skinlesion.seen import SEEN_KEY, seen_record
+from skinlesion.seen import SEEN_KEY, joined_seen_record
 
 
 class ExportWrapper(nn.Module):
@@ -284,15 +284,23 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     # What the model was trained on and met comes from its own folder while that is found: a --data folder dealt
     # otherwise would record the wrong photos as seen. Without it, --data is taken to be that folder, moved.
     recorded = load_prepared(trained_on) if meta.get("prepared") and trained_on.is_dir() else prepared
+    folders = [recorded, *member_folders(meta, recorded.out_dir)]
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
     report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(recorded),
-                         seen=seen_record(recorded.table, photo_hashes(recorded)))
-    report["recorded_from"] = str(recorded.out_dir)
+                         seen=joined_seen_record([(f.table, photo_hashes(f)) for f in folders]))
+    report["recorded_from"] = ", ".join(str(folder.out_dir) for folder in folders)
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
     return report
+
+
+def member_folders(meta: dict, own: Path) -> list[Prepared]:
+    """Return the training folders of an ensemble's members other than `own` (found from here): a member may have
+    trained on another split of the same photos, whose training photos the ensemble's folder leaves unused."""
+    folders = {Path(m["prepared"]).resolve() for m in meta.get("members", []) if m.get("prepared")}
+    return [load_prepared(folder) for folder in sorted(folders) if folder.is_dir() and folder != own.resolve()]
 
 
 def compare_with_pytorch(onnx_path: Path, model_file: Path, prepared: Prepared) -> dict:

@@ -37,6 +37,14 @@ def seen_record(table: pd.DataFrame, hashes: dict | None = None) -> dict:
     return record
 
 
+def joined_seen_record(folders: list[tuple[pd.DataFrame, dict]]) -> dict:
+    """Return the record of every photo that any of these (manifest, hashes) folders trained or validated on; a photo
+    trained on in any of them counts as a training photo."""
+    table = pd.concat([manifest[manifest["split"].isin(["train", "val"])] for manifest, _ in folders])
+    table = table.sort_values("split", key=lambda split: split != "train", kind="stable").drop_duplicates("image")
+    return seen_record(table, {image: dhash for _, hashes in folders for image, dhash in hashes.items()})
+
+
 def recorded_seen(meta: dict) -> dict | None:
     """Return what a saved model has seen: the record exported with it, else its training folder's; None if neither."""
     if meta.get("seen"):
