@@ -107,7 +107,7 @@ class Predictor:
                           heatmap_png=heatmap_overlay(pixels, maps[0, top]) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
-    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str]], list]:
+    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str | None]], list]:
         """Classify image files in batches; return ((image, probabilities, seen_by_model) rows, problems)."""
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
