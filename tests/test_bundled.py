@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skinlesion.export import read_card
+from skinlesion.card import read_card
 from skinlesion.isic import IMAGE_DIR
 from skinlesion.predict import BUNDLED_MODEL, Predictor
 

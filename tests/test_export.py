@@ -48,7 +48,7 @@ def test_dynamic_batch_axis(tiny_onnx, prepared32):
 
 
 def test_the_model_card_describes_the_data_the_model_saw(tiny_onnx, tmp_path):
-    from skinlesion.export import read_card, write_model_card
+    from skinlesion.card import read_card, write_model_card
     data = read_card(tiny_onnx)["data"]
     card = write_model_card(tiny_onnx, tmp_path / "MODEL_CARD.md").read_text()
     assert f"- Trained on {sum(data['train'].values()):,} of the 12,922 photos read from `isic2019`" in card

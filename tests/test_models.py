@@ -66,7 +66,8 @@ def test_eight_views_make_an_ensemble_blind_to_turns_and_mirrors():
 
 
 def test_color_constancy_removes_a_colour_cast_and_travels_with_the_saved_model_into_onnx(prepared32, tmp_path):
-    from skinlesion.export import export_onnx, write_model_card
+    from skinlesion.card import write_model_card
+    from skinlesion.export import export_onnx
     from skinlesion.models import shades_of_gray
     from skinlesion.prepare import load_prepared
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main
-from skinlesion.export import write_model_card
+from skinlesion.card import write_model_card
 from skinlesion.isic import IMAGE_DIR
 from skinlesion.predict import Predictor
 from skinlesion.prepare import load_prepared, photo_hashes, read_manifest
@@ -215,7 +215,7 @@ def test_the_bundled_file_knows_its_photos_by_their_pixels(shared_data):
 
 
 def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
-    from skinlesion.export import read_card
+    from skinlesion.card import read_card
     from skinlesion.predict import BUNDLED_MODEL
 
     seen, card = Predictor().seen, read_card(BUNDLED_MODEL)

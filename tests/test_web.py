@@ -32,7 +32,7 @@ def test_pages_carry_the_disclaimer(client):
 
 
 def test_the_model_page_says_what_the_served_model_was_trained_on_and_where_it_is_weak(client, tiny_onnx):
-    from skinlesion.export import read_card
+    from skinlesion.card import read_card
     data = read_card(tiny_onnx)["data"]
     about = client.get("/about").get_data(as_text=True)
     assert f"Trained on {sum(data['train'].values()):,} of the 12,922 photos read from isic2019" in about

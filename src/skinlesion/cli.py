@@ -193,7 +193,8 @@ def ensemble(runs, out_dir, prepared_dir, views):
               help="Also write a markdown model card rendered from the model's metadata.")
 def export(model_path, out, prepared_dir, fp16, card_path):
     """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
-    from skinlesion.export import export_with_checks, write_model_card
+    from skinlesion.card import write_model_card
+    from skinlesion.export import export_with_checks
 
     report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16))
     click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
