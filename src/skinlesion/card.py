@@ -17,7 +17,7 @@ def read_card(onnx_path: Path) -> dict:
 
 
 def recipe_lines(entry: dict) -> list[str]:
-    """Render recipe(meta) as markdown list items."""
+    """Render export.recipe(meta) as markdown list items."""
     lines = [f"- Training recipe: `{json.dumps(entry.get('train_config', {}))}`",
              f"- Epochs trained: {entry.get('epochs_trained', '?')}, {validation_scores(entry)}"]
     if "started_from" in entry:
