@@ -130,7 +130,8 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     prepared = load_prepared(prepared_dir or trained_on)
     # What the model was trained on and met comes from its own folder while that is found: a --data folder dealt
     # otherwise would record the wrong photos as seen. Without it, --data is taken to be that folder, moved.
-    recorded = load_prepared(trained_on) if meta.get("prepared") and trained_on.is_dir() else prepared
+    found = meta.get("prepared") and trained_on.is_dir() and trained_on.resolve() != prepared.out_dir.resolve()
+    recorded = load_prepared(trained_on) if found else prepared
     folders = [recorded, *member_folders(meta, recorded.out_dir)]
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
