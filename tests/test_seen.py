@@ -46,6 +46,18 @@ def test_a_saved_model_that_met_a_lesion_we_test_on_may_not_start_or_join_a_run(
     with pytest.raises(ValueError, match=f"was trained on 1 of our validation/test images or their lesions "
                                          f"\\(e.g. {lesion['image']}\\)"):
         check_held_out(Path("other.pt"), {"seen": record}, ours)
+    # A record with pixel hashes at our input size: our own passes; one test photo copied into training under another
+    # name does not (a record taken at another size is not compared by pixels).
+    hashes, ours_in = photo_hashes(prepared32), {"size": ours.size, "policy": ours.policy}
+    check_held_out(Path("own.pt"), {"seen": seen_record(ours.table, hashes), **ours_in}, ours)
+    copied = ours.table.copy()
+    photo = test[test["lesion_id"] == ""].iloc[0] if (test["lesion_id"] == "").any() else test.iloc[0]
+    copied.loc[photo.name, ["image", "lesion_id", "split"]] = ["renamed_copy", "", "train"]
+    hashes["renamed_copy"] = hashes[photo["image"]]
+    with pytest.raises(ValueError, match=f"trained on 1 of our validation/test images \\(by name or pixels\\) or "
+                                         f"their lesions \\(e.g. {photo['image']}\\)"):
+        check_held_out(Path("copy.pt"), {"seen": seen_record(copied, hashes), **ours_in}, ours)
+    check_held_out(Path("copy.pt"), {"seen": seen_record(copied, hashes), "size": 64, "policy": ours.policy}, ours)
     # In the paper's protocol lesions are shared across splits by design; only the same photo counts there.
     check_held_out(Path("other.pt"), {"seen": record}, dataclasses.replace(ours, protocol="paper"))
     with pytest.raises(ValueError, match="does not record its training data"):
@@ -79,7 +91,7 @@ def test_evaluate_leaves_out_what_the_model_trained_on_in_another_folder(tiny_on
     monkeypatch.chdir(tmp_path)
     manifest = read_manifest(prepared32)
     # export wrote the training folder's record, with the pixel cache's hashes of its photos
-    assert Predictor(tiny_onnx).seen == seen_record(manifest, photo_hashes(load_prepared(prepared32)))
+    assert Predictor(tiny_onnx).seen == seen_record(manifest, photo_hashes(prepared32))
     own = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(prepared32), "--split", "test"])
     assert own.exit_code == 0, own.output
     test = manifest[manifest["split"] == "test"]
@@ -107,6 +119,39 @@ def test_evaluate_leaves_out_what_the_model_trained_on_in_another_folder(tiny_on
     result = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(paper), "--split", "test",
                                        "--out", str(tmp_path / "paper-report")])
     assert result.exit_code == 0 and f"left out 50 of the {len(test) + 50}" in result.output
+
+
+def test_evaluate_leaves_out_a_training_photo_under_another_name_by_its_pixels(tiny_onnx, prepared32, tmp_path):
+    """The user's full ISIC set may hold a photo of the model's training split under another id (a re-upload):
+    neither its name nor a lesion id gives it away, its pixels do."""
+    manifest = read_manifest(prepared32)
+    test = manifest[manifest["split"] == "test"]
+    copied = manifest[(manifest["split"] == "train") & (manifest["lesion_id"] == "")].iloc[0]
+    other = manifest.copy()
+    other.loc[copied.name, ["image", "split"]] = ["ISIC_9999999", "test"]
+    folder = refolded(prepared32, tmp_path / "renamed", other)
+    (folder / "cache").unlink()  # the cache's index names the photo anew too; its pixels stay the same
+    (folder / "cache").mkdir()
+    for path in (prepared32 / "cache").iterdir():
+        (folder / "cache" / path.name).symlink_to(path)
+    index_csv = next((prepared32 / "cache").glob("pixels-*.csv"))
+    index = pd.read_csv(index_csv, dtype=str, keep_default_na=False)
+    index["image"] = index["image"].replace(copied["image"], "ISIC_9999999")
+    (folder / "cache" / index_csv.name).unlink()
+    index.to_csv(folder / "cache" / index_csv.name, index=False)
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(folder), "--split", "test",
+                                       "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert f"left out 1 of the {len(test) + 1} test photos ({copied['label']} 1; 1 of them known by " \
+           f"near-identical pixels alone)" in result.output
+    assert "ISIC_9999999" not in set(pd.read_csv(tmp_path / "report" / "truth.csv")["image"])
+    # The paper's protocol shares a lesion's photos across splits on purpose: pixels are not compared there.
+    paper = refolded(prepared32, tmp_path / "paper", other, protocol="paper")
+    (paper / "cache").unlink()
+    (paper / "cache").symlink_to(folder / "cache")
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_onnx), "--data", str(paper), "--split", "test",
+                                       "--out", str(tmp_path / "paper-report")])
+    assert result.exit_code == 0 and f"checked: none of the {len(test) + 1} test photos" in result.output
 
 
 def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_flagged(tiny_onnx, prepared32,
@@ -247,6 +292,14 @@ def test_prepare_from_a_model_tests_it_on_every_photo_and_lesion_it_never_met(ti
     unseen = meta.index[~meta["image"].isin(met) & (truth.loc[meta["image"], "MEL"] == 1).to_numpy()]
     trained_lesion = model.loc[(model["split"] == "train") & (model["lesion_id"] != ""), "lesion_id"].iloc[0]
     meta.loc[unseen[0], "lesion_id"] = trained_lesion
+    # A training photo the model met under its own name, here only as a copy named anew (no lesion id): its pixels
+    # give it away.
+    renamed = meta.index[meta["image"].isin(model.index[model["split"] == "train"]) & (meta["lesion_id"] == "")][0]
+    original = meta.loc[renamed, "image"]
+    (layout40 / IMAGE_DIR / f"{original}.jpg").rename(layout40 / IMAGE_DIR / "ISIC_9999999.jpg")
+    meta.loc[renamed, "image"] = "ISIC_9999999"
+    truth = truth.rename(index={original: "ISIC_9999999"})
+    truth.to_csv(layout40 / "ISIC_2019_Training_GroundTruth.csv")
     meta.to_csv(other, index=False)
     result = CliRunner().invoke(main, ["prepare", "--data", str(layout40), "--out", str(tmp_path / "p"), "--size", "32",
                                        "--balance", "paper", "--splits-from", str(tiny_onnx)])
@@ -257,6 +310,7 @@ def test_prepare_from_a_model_tests_it_on_every_photo_and_lesion_it_never_met(ti
     as_recorded = kept & recorded.isin(["train", "val"])
     assert as_recorded.sum() > 20 and (table.loc[as_recorded, "split"] == recorded[as_recorded]).all()
     assert table.loc[meta.loc[unseen[0], "image"], "split"] == "unused"
+    assert table.loc["ISIC_9999999", "split"] == "unused"
     assert (table.loc[~kept, "split"] == "unused").all()
     assert {"train", "val", "test"} <= set(table["split"])
     assert not table.index[table["split"] == "test"].isin(met).any()

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion.imaging import NEAR_DUPLICATE_BITS, ImageError, RESIZE_POLICIES, model_input_and_hash, open_rgb
+from skinlesion.imaging import (NEAR_DUPLICATE_BITS, ImageError, RESIZE_POLICIES, hash_distances, model_input_and_hash,
+                                open_rgb)
 
 PREPROCESSING = "dark-border-filled-2"  # changes whenever imaging's output changes, so older caches are rebuilt
 
@@ -103,14 +104,11 @@ def near_duplicate_pairs(index: pd.DataFrame, max_distance: int = NEAR_DUPLICATE
     ok = index[index["problem"] == ""]
     if len(ok) < 2:
         return []
-    raw = np.frombuffer(bytes.fromhex("".join(ok["dhash"])), dtype=np.uint8).reshape(len(ok), -1)
-    signs = np.unpackbits(raw, axis=1).astype(np.float32) * 2 - 1  # (N, 512) of +-1
+    hashes = np.frombuffer(bytes.fromhex("".join(ok["dhash"])), dtype=np.uint8).reshape(len(ok), -1)
     names = ok["image"].to_numpy()
     pairs = []
-    for start in range(0, len(signs), 2048):
-        block = signs[start:start + 2048]
-        # With +-1 bits, agreement minus disagreement is one dot product; only the upper triangle is needed.
-        distance = (signs.shape[1] - block @ signs[start:].T) / 2  # (B, N - start)
+    for start in range(0, len(hashes), 2048):
+        distance = hash_distances(hashes[start:start + 2048], hashes[start:])  # only the upper triangle is needed
         rows, cols = np.nonzero(distance <= max_distance)
         for r, c in zip(rows, cols):
             if r < c:

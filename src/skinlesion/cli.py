@@ -59,7 +59,8 @@ def main():
 @click.option("--splits-from", type=click.Path(path_type=Path), default=None,
               help="Reuse the split of this earlier prepared folder (e.g. the same data at another --size), or "
               "of an exported model.onnx: its training and validation photos as it records them, test = every "
-              "photo it never met (photos of lesions it met are left unused).")
+              "photo it never met (photos of lesions it met, or at its input size near-identical in pixels to "
+              "one it met, are left unused).")
 @click.option("--folds", default=0, show_default=True, help="Cross-validation: deal the groups into this many folds "
               "and make --fold of them the test split (replaces --test-fraction); 0 = one split.")
 @click.option("--fold", default=0, show_default=True, help="Which fold (0 to --folds - 1) is the test split.")

@@ -98,7 +98,7 @@ def resolve_model(path: Path) -> Path:
 
 def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Path | None = None) -> tuple[dict, Path]:
     """Score a saved model (model.pt or an exported .onnx file) on one split of prepared data; write the report."""
-    from skinlesion.prepare import load_prepared
+    from skinlesion.prepare import load_prepared, photo_hashes
 
     model_path = resolve_model(model_path)
     prepared = load_prepared(prepared_dir)
@@ -112,7 +112,8 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
         raise ValueError(f"{model_path} expects {meta['size']}px '{meta['policy']}' images but {prepared_dir} "
                          f"holds {prepared.size}px '{prepared.policy}'; prepare the data at the model's size")
     # The paper's protocol shares lesions across splits on purpose, so there only the same photos are left out.
-    left_out, seen_check = seen_before(rows, meta, split, by_lesion=prepared.protocol == "lesion")
+    left_out, seen_check = seen_before(rows, meta, split, by_lesion=prepared.protocol == "lesion",
+                                       hashes=photo_hashes(prepared_dir))
     if len(rows) and left_out.all():
         raise ValueError(f"{prepared_dir}: the model met every photo of its {split} split before (in training "
                          f"or validation); score it on a folder prepared with --splits-from its own")

@@ -136,7 +136,7 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
     report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(recorded),
-                         seen=joined_seen_record([(f.table, photo_hashes(f)) for f in folders]))
+                         seen=joined_seen_record([(f.table, photo_hashes(f.out_dir)) for f in folders]))
     report["recorded_from"] = ", ".join(str(folder.out_dir) for folder in folders)
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)

@@ -136,3 +136,15 @@ def difference_hash(pixels: np.ndarray) -> str:
     cells = np.asarray(centre.resize((17, 17), Image.BILINEAR), dtype=np.int16)
     bits = np.concatenate([(cells[:16, 1:] > cells[:16, :-1]).ravel(), (cells[1:, :16] > cells[:-1, :16]).ravel()])
     return np.packbits(bits).tobytes().hex()
+
+
+
+def hash_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return how many bits differ between each raw hash of a and each of b (rows of 64 uint8): (len(a), len(b))."""
+    a, b = np.ascontiguousarray(a, np.uint8), np.ascontiguousarray(b, np.uint8)
+    if len(a) < 64:  # a few against many (a photo against a record): count the bits of their XOR
+        xor = a.view(np.uint64)[:, None, :] ^ b.view(np.uint64)[None, :, :]
+        return np.bitwise_count(xor).sum(axis=2, dtype=np.int32)
+    # Many against many: as +-1 bits, agreement minus disagreement is one dot product, which BLAS computes fast.
+    signs_a, signs_b = (np.unpackbits(h, axis=1).astype(np.float32) * 2 - 1 for h in (a, b))
+    return np.rint((signs_a.shape[1] - signs_a @ signs_b.T) / 2).astype(np.int32)

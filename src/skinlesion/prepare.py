@@ -62,7 +62,11 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     table = result.table
     source = Path(config.split.splits_from)
     if config.split.splits_from and source.suffix == ".onnx":  # score an exported model on all it never met
-        table["split"] = splits_unseen_by(table, read_seen(source), result.classes)
+        seen, hashed_at = read_seen(source)
+        # Hashes compare only when taken at one size and policy (the model's: its record's hashes are its inputs').
+        same_input = hashed_at == (config.cache.size, config.cache.policy)
+        hashes = dict(zip(cache.index["image"], cache.index["dhash"])) if same_input else None
+        table["split"] = splits_unseen_by(table, seen, result.classes, hashes)
     elif config.split.splits_from:
         table["split"] = reused_splits(table, source, result.classes)
     table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(out_dir / MANIFEST, index=False)
@@ -151,9 +155,12 @@ def read_manifest(out_dir: Path) -> pd.DataFrame:
     return pd.read_csv(manifest, dtype={"image": str, "lesion_id": str, "group": str}, keep_default_na=False)
 
 
-def photo_hashes(prepared: Prepared) -> dict:
-    """Return each cached photo's near-duplicate hash (image -> hex), from the pixel cache's index."""
-    cache = prepared.out_dir / json.loads((prepared.out_dir / PREPARED_JSON).read_text())["cache"]
+def photo_hashes(out_dir: Path) -> dict | None:
+    """Return each cached photo's near-duplicate hash (image -> hex) from a prepared folder's pixel cache index;
+    None if the cache is gone."""
+    cache = Path(out_dir) / json.loads((Path(out_dir) / PREPARED_JSON).read_text())["cache"]
+    if not cache.with_suffix(".csv").is_file():
+        return None
     index = pd.read_csv(cache.with_suffix(".csv"), dtype=str, keep_default_na=False)
     return dict(zip(index["image"], index["dhash"]))
 

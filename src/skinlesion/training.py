@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from skinlesion.calibration import cross_fitted_balanced_accuracy, fit_calibration
 from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, predict_logits, save_model
-from skinlesion.prepare import load_prepared
+from skinlesion.prepare import load_prepared, photo_hashes
 from skinlesion.presets import AUGMENTATIONS, EvalPreset
 from skinlesion.seen import recorded_seen, seen_rows
 from skinlesion.splits import class_weights, sampler_weights
@@ -291,7 +291,7 @@ def start_from(model, init: Path, config: TrainConfig, prepared) -> None:
 
 def check_held_out(path: Path, meta: dict, prepared) -> None:
     """Refuse a saved model that trained on any of our validation or test photos or, in a lesion-grouped folder, on
-    another photo of one of their lesions (seen.seen_rows)."""
+    another photo of one of their lesions or a photo near-identical in pixels (seen.seen_rows)."""
     seen = recorded_seen(meta)
     if seen is None:
         where = f"its training folder {meta['prepared']} is not found from here" if meta.get("prepared") else \
@@ -301,9 +301,13 @@ def check_held_out(path: Path, meta: dict, prepared) -> None:
     by_lesion = prepared.protocol == "lesion"
     held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]
     # What a model met before a validation score is its training split: exactly what must not touch ours.
-    met = held_out[seen_rows(held_out, seen, "val", by_lesion).to_numpy()]
+    # Hashes compare only when taken at one size and policy: a stage at 128 px may start one at 192 px.
+    same_input = (meta.get("size"), meta.get("policy")) == (prepared.size, prepared.policy)
+    hashes = photo_hashes(prepared.out_dir) if same_input else None
+    met = held_out[seen_rows(held_out, seen, "val", by_lesion, hashes).to_numpy()]
     if len(met):
-        what = "images or their lesions" if by_lesion else "images"
+        what = ("images (by name or pixels) or their lesions" if hashes else "images or their lesions") if by_lesion \
+            else "images"
         fix = f"prepare ours with --splits-from {meta['prepared']}" if meta.get("prepared") else \
             "prepare ours with --splits-from the folder it was trained from"
         raise ValueError(f"{path} was trained on {len(met)} of our validation/test {what} "

@@ -105,7 +105,8 @@ def limitations(card: dict) -> list[str]:
     weak = {code: r for code, r in recall.items() if r is not None and r < 0.5}
     missed = []
     if weak:
-        names, shares = " and ".join(BY_CODE[c].name for c in weak), " and ".join(f"{r:.0%}" for r in weak.values())
+        names = " and ".join(BY_CODE[c].name if i == 0 else BY_CODE[c].name.lower() for i, c in enumerate(weak))
+        shares = " and ".join(f"{r:.0%}" for r in weak.values())
         verb, pronoun = ("was", "it") if len(weak) == 1 else ("were", "them")
         missed = [f"{names} {verb} recognised in only {shares} of held-out lesions; an answer naming another "
                   f"diagnosis does not rule {pronoun} out."]
