@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from skinlesion.imaging import fill_dark_border, load_pixels
+from skinlesion.imaging import fill_dark_border, hash_distances, load_pixels
 from skinlesion.isic import IMAGE_DIR
 
 
@@ -67,3 +67,14 @@ def test_the_shared_loader_fills_the_border(shared_data, tmp_path):
     corners = grey(pixels)[[0, 0, -1, -1], [0, -1, 0, -1]]
     assert (corners > 100).all()  # skin-coloured, not black
     assert np.array_equal(load_pixels(buffer.getvalue(), 64, "squash"), pixels)  # bytes (uploads) the same way
+
+
+def test_hash_distances_count_differing_bits_for_one_photo_and_for_many():
+    rng = np.random.default_rng(0)
+    many, known = rng.integers(0, 256, (100, 64), dtype=np.uint8), rng.integers(0, 256, (30, 64), dtype=np.uint8)
+    expected = np.unpackbits(many[:, None] ^ known[None], axis=2).sum(axis=2)
+    assert (hash_distances(many, known) == expected).all()  # many against many: a matrix product
+    assert (hash_distances(many[:5], known) == expected[:5]).all()  # a few: bit counts
+    flipped = many[0].copy()
+    flipped[[0, 63]] ^= np.uint8(0b101)
+    assert hash_distances(many[:1], flipped[None]).tolist() == [[4]]

@@ -138,7 +138,6 @@ def difference_hash(pixels: np.ndarray) -> str:
     return np.packbits(bits).tobytes().hex()
 
 
-
 def hash_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return how many bits differ between each raw hash of a and each of b (rows of 64 uint8): (len(a), len(b))."""
     a, b = np.ascontiguousarray(a, np.uint8), np.ascontiguousarray(b, np.uint8)
