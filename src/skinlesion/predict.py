@@ -104,7 +104,8 @@ class Predictor:
         label = self.classes[top]
         return Assessment(assessable=True, label=label, probabilities=self.all_codes(probs[0]),
                           risk=BY_CODE[label].risk, uncertain=is_uncertain(float(probs[0, top])),
-                          heatmap_png=heatmap_overlay(pixels, maps[0, top]) if heatmap else None,
+                          heatmap_png=heatmap_overlay(pixels, maps[0, top], image.size if self.policy == "squash"
+                                                      else (1, 1)) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str | None]], list]:
@@ -145,16 +146,19 @@ def image_files(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
     return files, problems
 
 
-def heatmap_overlay(pixels: np.ndarray, class_map: np.ndarray, side: int = 256) -> str:
-    """Blend the class activation map over the model's input view; return a base64 PNG."""
+def heatmap_overlay(pixels: np.ndarray, class_map: np.ndarray, shape: tuple[int, int] = (1, 1), side: int = 256) -> str:
+    """Blend the class activation map over the model's input view, stretched to `shape` (width, height: the photo's
+    own, where the model squashed it to a square) with its longer side `side`; return a base64 PNG."""
+    scale = side / max(shape)
+    size = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
     cam = np.maximum(class_map - class_map.mean(), 0)
     cam = cam / cam.max() if cam.max() > 0 else cam
-    cam = np.asarray(Image.fromarray(cam.astype(np.float32), "F").resize((side, side), Image.BICUBIC))
+    cam = np.asarray(Image.fromarray(cam.astype(np.float32), "F").resize(size, Image.BICUBIC))
     cam = np.clip(cam, 0, 1)[..., None]
     # A blue -> yellow -> red ramp, strongest where the model looked.
     colour = np.concatenate([np.clip(2 * cam, 0, 1), np.clip(2 - 2 * cam, 0, 1) * np.clip(2 * cam, 0, 1),
                              np.clip(1 - 2 * cam, 0, 1)], axis=2) * 255
-    base = np.asarray(Image.fromarray(pixels).resize((side, side), Image.BILINEAR), dtype=np.float32)
+    base = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR), dtype=np.float32)
     alpha = 0.15 + 0.45 * cam
     blended = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
     buffer = io.BytesIO()

@@ -31,7 +31,8 @@ def openapi_document(version: str) -> dict:
                                    "probability": {"type": "number"}, "probabilities": probabilities,
                                    "risk": {"type": "string", "enum": ["malignant", "pre-malignant", "benign"]},
                                    "advice": {"type": "string"}, "uncertain": {"type": "boolean"},
-                                   "heatmap": {"type": "string", "description": "data: URL of a PNG"},
+                                   "heatmap": {"type": "string", "description": "data: URL of a PNG, 256 px on its "
+                                               "longer side, shaped as the photo"},
                                    "seen_by_model": {"type": "string", "enum": ["train", "val"], "nullable": True,
                                                      "description": "the file is named like, or its pixels "
                                                                     "nearly match, a photo the model was trained "
