@@ -46,6 +46,20 @@ def test_predict_folder_writes_an_isic_submission_and_reports_skips(tiny_onnx, i
     assert "broken.jpg: not a readable image" in result.output
 
 
+def test_predict_reads_the_formats_dermatoscope_software_exports(tiny_onnx, image_folder, tmp_path):
+    photo = Image.open(sorted(image_folder.glob("ISIC_*.jpg"))[0])
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for suffix in ("tif", "bmp", "webp", "PNG"):
+        photo.save(folder / f"lesion-{suffix}.{suffix}", **({"lossless": True} if suffix == "webp" else {}))
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(tiny_onnx), "--output", str(out)])
+    assert result.exit_code == 0 and "skipped" not in result.output, result.output
+    frame = pd.read_csv(out)
+    assert sorted(frame["image"]) == ["lesion-PNG", "lesion-bmp", "lesion-tif", "lesion-webp"]
+    assert frame.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
+
+
 def test_predict_writes_isic_2018_classes_that_the_official_scorer_accepts(tiny_onnx, small_layout, tmp_path):
     folder, runs = small_layout / IMAGE_DIR, {}
     for name in ("isic2019", "isic2018"):

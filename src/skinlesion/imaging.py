@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what dermatoscopes and phones export
 RESIZE_POLICIES = ("squash", "crop")  # squash: the paper's plain resize; crop: shorter side + centre crop
 # Decompression-bomb guard: a real dermoscopic photo is far below this (BCN images are 1024x1024).
 Image.MAX_IMAGE_PIXELS = 64_000_000
