@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -89,6 +90,14 @@ def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, b
     page.click("#analyse")
     page.wait_for_selector("#seen", state="visible", timeout=30_000)
     assert "learnt from" in page.inner_text("#seen")
+    tiff = tmp_path / "lesion.tif"  # the browser cannot show a TIFF; the server reads it
+    Image.open(photo).save(tiff)
+    page.set_input_files("#file", str(tiff))
+    page.wait_for_selector("#preview", state="hidden", timeout=10_000)
+    assert "cannot show it" in page.inner_text("#file-name")
+    page.click("#analyse")
+    page.wait_for_selector("#status:text-is('Done.')", timeout=30_000)
+    assert page.is_visible("#answer") and page.is_disabled("#toggle-heatmap")
     page.set_input_files("#file", str(text))
     page.click("#analyse")
     page.wait_for_selector("#error", state="visible", timeout=30_000)

@@ -11,6 +11,7 @@ function choose(file) {
   chosen = file;
   $("file-name").textContent = file.name;
   const url = URL.createObjectURL(file);
+  $("preview").hidden = false;
   $("preview").src = url;
   $("preview-box").hidden = false;
   $("analyse").disabled = false;
@@ -57,6 +58,7 @@ function showAnswer(body) {
   });
   $("heatmap").src = body.heatmap || "";
   $("plain").src = $("preview").src;
+  $("toggle-heatmap").disabled = $("preview").hidden;  // nothing to show without the heatmap
   setHeatmap(true);
   $("error").hidden = true;
   $("answer").hidden = false;
@@ -96,6 +98,12 @@ async function analyse() {
 }
 
 $("file").addEventListener("change", (e) => choose(e.target.files[0]));
+// Browsers show JPEG, PNG and WebP but not TIFF, which the server reads all the same.
+$("preview").addEventListener("error", () => {
+  if (!chosen) return;
+  $("preview").hidden = true;
+  $("file-name").textContent = `${chosen.name} (this browser cannot show it; it can still be analysed)`;
+});
 $("camera").addEventListener("change", (e) => choose(e.target.files[0]));
 $("analyse").addEventListener("click", analyse);
 $("toggle-heatmap").addEventListener("click", () => setHeatmap($("heatmap").hidden));
