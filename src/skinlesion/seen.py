@@ -58,6 +58,11 @@ def recorded_seen(meta: dict) -> dict | None:
     return seen_record(read_manifest(Path(prepared)), photo_hashes(Path(prepared)))
 
 
+def why_unrecorded(meta: dict, otherwise: str) -> str:
+    """Say why a saved model has no record of what it met: its training folder is not found, else `otherwise`."""
+    return f"its training folder {meta['prepared']} is not found from here" if meta.get("prepared") else otherwise
+
+
 def seen_rows(rows: pd.DataFrame, seen: dict, split: str, by_lesion: bool, hashes: dict | None = None) -> pd.Series:
     """Mark the rows the model met before scoring `split`: the same photo, or (by_lesion) a photo of its lesion or,
     given the rows' hashes (image -> hex) and a record holding hashes, a photo near-identical in pixels to one it met.
@@ -79,8 +84,7 @@ def seen_before(rows: pd.DataFrame, meta: dict, split: str, by_lesion: bool,
     and why."""
     seen = recorded_seen(meta)
     if seen is None:
-        where = f"its training folder {meta['prepared']} is not found from here" if meta.get("prepared") else \
-            "a file exported before 2026-12-01"
+        where = why_unrecorded(meta, "a file exported before 2026-12-01")
         return np.zeros(len(rows), bool), (f"not checked: the model records no training photos ({where}), so some "
                                            f"of these photos may be ones it trained on")
     marked = seen_rows(rows, seen, split, by_lesion, hashes)

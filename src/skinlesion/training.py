@@ -19,7 +19,7 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, predict_logits, save_model
 from skinlesion.prepare import load_prepared, photo_hashes
 from skinlesion.presets import AUGMENTATIONS, EvalPreset
-from skinlesion.seen import recorded_seen, seen_rows
+from skinlesion.seen import recorded_seen, seen_rows, why_unrecorded
 from skinlesion.splits import class_weights, sampler_weights
 
 IMBALANCE = ("none", "weights", "sampler")
@@ -294,8 +294,7 @@ def check_held_out(path: Path, meta: dict, prepared) -> None:
     another photo of one of their lesions or a photo near-identical in pixels (seen.seen_rows)."""
     seen = recorded_seen(meta)
     if seen is None:
-        where = f"its training folder {meta['prepared']} is not found from here" if meta.get("prepared") else \
-            "it names no training folder"
+        where = why_unrecorded(meta, "it names no training folder")
         raise ValueError(f"{path}: it does not record its training data ({where}), so it cannot be checked against "
                          f"ours")
     by_lesion = prepared.protocol == "lesion"
