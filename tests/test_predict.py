@@ -111,6 +111,18 @@ def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
     assert width != height and heatmap.format == "PNG" and heatmap.size == (256, round(256 * height / width))
 
 
+
+@pytest.mark.parametrize("orientation, shape", [(1, (256, 192)), (6, (192, 256))])  # 6: the camera was turned a quarter
+def test_heatmap_has_the_photos_own_shape_though_a_small_model_decodes_it_rounded(tiny_onnx, shared_data, orientation,
+                                                                                 shape):
+    photo = Image.open(shared_data / IMAGE_DIR / "ISIC_0024463.jpg")  # 200x150; a 32 px model decodes it at 50x38
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=95, exif=exif)
+    result = Predictor(tiny_onnx).assess(buffer.getvalue(), heatmap=True)
+    assert photo.size == (200, 150) and Image.open(io.BytesIO(base64.b64decode(result.heatmap_png))).size == shape
+
 @pytest.mark.parametrize("image, reason", [
     (Image.new("RGB", (300, 300), (200, 150, 130)), "almost uniform"),
     (Image.new("RGB", (40, 40), (200, 150, 130)), "too small"),

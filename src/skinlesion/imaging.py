@@ -30,9 +30,12 @@ def open_rgb(source, draft_size: int | None = None) -> Image.Image:
             # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
             image.draft("RGB", (draft_size, draft_size))
         image.load()
-        image = to_rgb(ImageOps.exif_transpose(image))
-        image.info["original_size"] = original_size  # draft mode shrinks .size; checks need the real one
-        return image
+        upright = to_rgb(ImageOps.exif_transpose(image))
+        if upright.size != image.size:  # turned a quarter by its EXIF orientation
+            original_size = original_size[::-1]
+        # Draft mode shrinks .size and rounds it (200x150 decodes to 50x38); checks and the heatmap need the real one.
+        upright.info["original_size"] = original_size
+        return upright
     except Image.DecompressionBombError:
         raise ImageError("the image has too many pixels to be a photo (over 64 megapixels)") from None
     except FileNotFoundError:

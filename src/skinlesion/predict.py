@@ -102,10 +102,10 @@ class Predictor:
         probs, maps = self.run(pixels[None])
         top = int(probs[0].argmax())
         label = self.classes[top]
+        shape = image.info["original_size"] if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
         return Assessment(assessable=True, label=label, probabilities=self.all_codes(probs[0]),
                           risk=BY_CODE[label].risk, uncertain=is_uncertain(float(probs[0, top])),
-                          heatmap_png=heatmap_overlay(pixels, maps[0, top], image.size if self.policy == "squash"
-                                                      else (1, 1)) if heatmap else None,
+                          heatmap_png=heatmap_overlay(pixels, maps[0, top], shape) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str | None]], list]:
