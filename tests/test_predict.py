@@ -111,7 +111,6 @@ def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
     assert width != height and heatmap.format == "PNG" and heatmap.size == (256, round(256 * height / width))
 
 
-
 @pytest.mark.parametrize("orientation, shape", [(1, (256, 192)), (6, (192, 256))])  # 6: the camera was turned a quarter
 def test_heatmap_has_the_photos_own_shape_though_a_small_model_decodes_it_rounded(tiny_onnx, shared_data, orientation,
                                                                                  shape):
@@ -122,6 +121,7 @@ def test_heatmap_has_the_photos_own_shape_though_a_small_model_decodes_it_rounde
     photo.save(buffer, format="JPEG", quality=95, exif=exif)
     result = Predictor(tiny_onnx).assess(buffer.getvalue(), heatmap=True)
     assert photo.size == (200, 150) and Image.open(io.BytesIO(base64.b64decode(result.heatmap_png))).size == shape
+
 
 @pytest.mark.parametrize("image, reason", [
     (Image.new("RGB", (300, 300), (200, 150, 130)), "almost uniform"),
