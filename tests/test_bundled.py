@@ -64,6 +64,7 @@ def test_the_web_path_paints_a_dark_border_before_the_model_sees_it(shared_data)
     shown = np.array([result.probabilities[c] for c in predictor.classes])
     assert np.abs(shown - painted).max() < 1e-6 and np.abs(shown - unpainted).max() > 1e-3
 
+
 def test_the_build_script_runs_end_to_end_and_writes_a_model_with_its_card(shared_data, layout40, tmp_path):
     # The real script on 40 real images a class, each training cut to 2 batches (TRAIN_OPTIONS win over the
     # recipe's), one view, into a temporary folder: every step of the rebuild runs, only shorter.

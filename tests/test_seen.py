@@ -30,7 +30,6 @@ def test_a_score_leaves_out_photos_and_lesions_met_in_an_earlier_role():
     assert not seen_rows(rows, seen, "train", by_lesion=True).any()
 
 
-
 def test_a_saved_model_that_met_a_lesion_we_test_on_may_not_start_or_join_a_run(prepared32):
     """Our lesion-grouped folder keeps each lesion in one split, but a model trained on another split may have met
     another photo of one of our test lesions: as good as training on that test photo, so start_from refuses it."""
@@ -62,6 +61,7 @@ def test_a_saved_model_that_met_a_lesion_we_test_on_may_not_start_or_join_a_run(
     check_held_out(Path("other.pt"), {"seen": record}, dataclasses.replace(ours, protocol="paper"))
     with pytest.raises(ValueError, match="does not record its training data"):
         check_held_out(Path("bare.pt"), {}, ours)
+
 
 def unrecorded_copy(model, out):
     """Copy an exported model without its record of seen photos, as files exported before 2026-12-01 are."""
@@ -180,7 +180,6 @@ def test_a_split_made_only_of_seen_photos_is_refused_and_an_unrecorded_model_is_
     assert result.exit_code == 0 and f"its training folder {tmp_path / 'moved-away'} is not found" in result.output
 
 
-
 def test_a_damaged_record_stops_the_predictor_with_a_message(tiny_onnx, tmp_path):
     import onnx
 
@@ -226,6 +225,7 @@ def test_an_ensemble_records_what_its_members_trained_on_in_other_folders(tiny_o
     # The member's training photos are all recorded, those the ensemble's folder leaves unused included.
     assert Predictor(tmp_path / "ens.onnx").seen == Predictor(tiny_onnx).seen
 
+
 def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32, shared_data, tmp_path):
     manifest = read_manifest(prepared32)
     images = {split: manifest[manifest["split"] == split]["image"] for split in ("train", "val", "test")}
@@ -235,10 +235,9 @@ def test_predict_says_how_many_photos_the_model_trained_on(tiny_onnx, prepared32
     renamed.write_bytes((shared_data / IMAGE_DIR / f"{images['train'].iloc[2]}.jpg").read_bytes())
     result = CliRunner().invoke(main, ["predict", *files, str(renamed), "--model", str(tiny_onnx)])
     assert result.exit_code == 0, result.output
-    assert ("note: 3 of these 5 photos are among the model's training photos and 1 among its validation "
-            "photos") in result.output
+    assert "note: the model trained on 3 and validated on 1 of these 5 photos" in result.output
     unseen = CliRunner().invoke(main, ["predict", files[-1], "--model", str(tiny_onnx)])
-    assert unseen.exit_code == 0 and "among the model's training photos" not in unseen.output
+    assert unseen.exit_code == 0 and "the model trained on" not in unseen.output
 
 
 def test_the_bundled_file_knows_its_photos_by_their_pixels(shared_data):
@@ -278,7 +277,6 @@ def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
     for split in ("train", "val", "test"):  # photos per class and split as the card records them
         counts = prepared.split(split)["label"].value_counts()
         assert {c: int(counts.get(c, 0)) for c in prepared.classes} == card["data"][split], split
-
 
 
 def test_prepare_from_a_model_tests_it_on_every_photo_and_lesion_it_never_met(tiny_onnx, prepared32, layout40,

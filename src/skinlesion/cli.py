@@ -253,9 +253,9 @@ def predict(inputs, model_path, output, output_format, batch_size):
         click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
     seen = Counter(met for _, _, met in rows)
     if seen["train"] or seen["val"]:
-        click.echo(f"note: {seen['train']} of these {len(rows)} photos are among the model's training photos and "
-                   f"{seen['val']} among its validation photos (by file name, or as near-identical pixels: the "
-                   f"same photo or lesion); its answers on them are no test of how it does on new photos", err=True)
+        click.echo(f"note: the model trained on {seen['train']} and validated on {seen['val']} of these {len(rows)} "
+                   f"photos (by file name, or as near-identical pixels: the same photo or lesion); its answers on "
+                   f"them are no test of how it does on new photos", err=True)
     click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)
 
 

@@ -130,4 +130,3 @@ def compare(data_dir: Path, out: Path, config: CompareConfig) -> pd.DataFrame:
     results = pd.DataFrame(rows)
     results.to_csv(out / "results.csv", index=False)
     return results
-
