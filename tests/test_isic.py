@@ -45,9 +45,13 @@ def test_without_metadata_every_image_is_its_own_lesion(small_layout):
 
 def test_bad_rows_and_missing_images_are_skipped_and_reported(small_layout):
     truth = pd.read_csv(small_layout / GROUND_TRUTH_CSV, dtype=str)
-    first, second, third = truth["image"].iloc[:3]
+    first, second, third, fourth, fifth, sixth = truth["image"].iloc[:6]
     truth.loc[0, ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]] = "0.0"  # no label
     truth.loc[1, ["MEL", "NV"]] = "1.0"  # several labels
+    truth.loc[3, "MEL"] = "yes"  # not a number
+    truth.loc[4, ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]] = "0.0"
+    truth.loc[4, "UNK"] = "1.0"  # the official file's ninth column, never a training label
+    truth = pd.concat([truth, truth.iloc[[5]]])  # the same image listed twice: the first row counts
     truth.to_csv(small_layout / GROUND_TRUTH_CSV, index=False)
     (small_layout / IMAGE_DIR / f"{third}.jpg").unlink()
     (small_layout / IMAGE_DIR / "ISIC_9999999.jpg").write_bytes(b"stray")
@@ -57,4 +61,14 @@ def test_bad_rows_and_missing_images_are_skipped_and_reported(small_layout):
     assert problems[second] == "several labels: MEL, NV"
     assert "image file is missing" in problems[third]
     assert "not listed" in problems["ISIC_9999999"]
-    assert len(table.images) == 45
+    assert problems[fourth].startswith("label values are not numbers: yes, ")
+    assert problems[fifth] == "label UNK is not a trainable class"
+    assert problems[sixth] == "listed twice in the ground truth"
+    assert (table.images["image"] == sixth).sum() == 1
+    assert len(table.images) == 43
+
+
+def test_an_unreadable_ground_truth_names_the_file(small_layout):
+    (small_layout / GROUND_TRUTH_CSV).write_bytes(b"\xff\xfe\x00image,MEL\n\x89PNG\x00\x00")
+    with pytest.raises(DataError, match=f"{GROUND_TRUTH_CSV}: not a readable CSV file"):
+        read_isic(small_layout)
