@@ -48,6 +48,21 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
         compare(shared_data, tmp_path / "cmp", replace(config, select="top-class"))
 
 
+@pytest.mark.parametrize("options, problem", [
+    (["--protocols", "lesion,random"], "unknown protocol 'random'; choose from lesion, paper"),
+    (["--models", "mobilenet_v2,mobilenet_v3"], "unknown model 'mobilenet_v3'"),
+    (["--extra-sizes", "128,19x"], "--extra-sizes '128,19x': give sizes in pixels"),
+    (["--extra-sizes", "4096"], "image size 4096 is out of range"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+])
+def test_compare_refuses_a_bad_option_before_it_trains_anything(shared_data, tmp_path, options, problem):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", "--data", str(shared_data), "--out", str(out),
+                                       "--report", str(tmp_path / "report.md"), *options])
+    assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output
+    assert not out.exists()  # the lesion protocol's runs would have trained before a later bad name was reached
+
+
 def write_csv(path, rows):
     pd.DataFrame(rows).to_csv(path, index=False)
 

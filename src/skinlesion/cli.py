@@ -296,16 +296,15 @@ def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes
     import sys
 
     from skinlesion.compare import CompareConfig, compare as run_compare
-    from skinlesion.models import model_spec
     from skinlesion.report import write_comparison_report
 
     def run():
         names = tuple(m.strip() for m in models.split(",") if m.strip())
-        for name in names:
-            model_spec(name)
-        sizes = tuple(int(s) for s in extra_sizes.split(",") if s.strip())
-        config = CompareConfig(names, tuple(p.strip() for p in protocols.split(",")), size, sizes, epochs, 64, seed,
-                               select)
+        texts = [s.strip() for s in extra_sizes.split(",") if s.strip()]
+        if not all(text.isdigit() for text in texts):
+            raise ValueError(f"--extra-sizes {extra_sizes!r}: give sizes in pixels separated by commas, e.g. 128,192")
+        config = CompareConfig(names, tuple(p.strip() for p in protocols.split(",") if p.strip()), size,
+                               tuple(map(int, texts)), epochs, 64, seed, select)
         run_compare(data_dir, out_dir, config)
         return write_comparison_report(out_dir, report_path, "skinlesion " + " ".join(sys.argv[1:]))
 

@@ -11,9 +11,9 @@ import torch
 
 from skinlesion.cache import CacheConfig
 from skinlesion.evaluate import evaluate_model
-from skinlesion.models import MODELS, load_model
+from skinlesion.models import MODELS, load_model, model_spec
 from skinlesion.prepare import PrepareConfig, prepare
-from skinlesion.splits import BALANCE_PRESETS, SplitConfig
+from skinlesion.splits import BALANCE_PRESETS, PROTOCOLS, SplitConfig
 from skinlesion.training import TrainConfig, fit
 
 
@@ -27,6 +27,20 @@ class CompareConfig:
     batch_size: int = 64
     seed: int = 0
     select: str = "calibrated"  # the validation score that keeps each run's epoch (training.SELECT)
+
+    def __post_init__(self):
+        """Check every name and size before the first run, which may train for an hour before a later one failed."""
+        if not self.models or not self.protocols:
+            raise ValueError("compare needs at least one model and one protocol")
+        for name in self.models:
+            model_spec(name)
+        for protocol in self.protocols:
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        for size in (self.size, *self.extra_sizes):
+            CacheConfig(size=size)
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
 
 
 def prepared_dir(out: Path, protocol: str, size: int) -> Path:
