@@ -88,6 +88,12 @@ def test_bad_fold_settings_name_the_option(folds, fold, val, problem):
         SplitConfig(val_fraction=val, folds=folds, fold=fold)
 
 
+@pytest.mark.parametrize("val, test", [(0.9, 0.5), (0.5, 0.5), (0.0, 0.15), (0.15, 0.0), (-0.1, 0.3)])
+def test_fractions_that_leave_nothing_to_train_on_or_no_held_out_split_are_refused(val, test):
+    with pytest.raises(ValueError, match=f"--val-fraction {val} and --test-fraction {test} must each be above 0"):
+        SplitConfig(val_fraction=val, test_fraction=test)
+
+
 def test_threshold_drops_small_classes_and_cap_undersamples():
     table = pd.DataFrame({"image": [f"i{k}" for k in range(60)], "lesion_id": "",
                           "label": ["MEL"] * 40 + ["NV"] * 15 + ["DF"] * 5})

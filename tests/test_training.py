@@ -103,6 +103,18 @@ def test_training_errors_are_clean(prepared32, tmp_path):
     assert result.exit_code == 1 and "alexnet needs inputs of at least 64 px" in result.output
 
 
+@pytest.mark.parametrize("option, value, problem", [
+    ("--epochs", "0", "epochs must be at least 1, got 0"), ("--batch-size", "0", "batch_size must be at least 1"),
+    ("--lr", "-1", "lr must be positive, got -1.0"), ("--dropout", "1", "dropout must be at least 0 and below 1"),
+    ("--limit-train-batches", "0", "limit_train_batches must be positive")])
+def test_a_setting_out_of_range_is_refused_before_the_run_folder_is_written(prepared32, tmp_path, option, value,
+                                                                            problem):
+    result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"), option,
+                                       value])
+    assert result.exit_code == 1 and problem in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_out_images(shared_data, prepared32,
                                                                                             tmp_path):
     import torch

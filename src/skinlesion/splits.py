@@ -48,6 +48,9 @@ class SplitConfig:
 
     def __post_init__(self):
         if not self.folds:
+            if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
+                raise ValueError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} must "
+                                 f"each be above 0 and together below 1, leaving images to train on")
             return
         if self.folds < 2:
             raise ValueError(f"--folds {self.folds}: cross-validation needs at least 2 folds (0 = one split)")

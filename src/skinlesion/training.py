@@ -57,6 +57,15 @@ class TrainConfig:
     augmentation: str = "standard"  # a key of presets.AUGMENTATIONS, used when augment is on
 
     def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "width", "limit_train_batches"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
         if self.imbalance not in IMBALANCE:
             raise ValueError(f"unknown imbalance option {self.imbalance!r}; choose from {', '.join(IMBALANCE)}")
         if self.select not in SELECT:
