@@ -62,3 +62,19 @@ def test_ring_stress_scores_a_model_on_clean_ringed_and_colour_cast_photos(tiny_
     wrong = subprocess.run([sys.executable, str(script), str(tiny_onnx), str(prepared32), "--casts", "green"],
                            capture_output=True, text=True)
     assert wrong.returncode == 2 and "unknown cast green; choose from blue, pink, warm" in wrong.stderr
+
+
+def test_a_model_and_data_of_another_size_fail_with_the_fix_before_any_work(tiny_onnx, prepared32):
+    from click.testing import CliRunner
+
+    from skinlesion.cli import main
+    from skinlesion.evaluate import saved_model_logits
+    from skinlesion.predict import BUNDLED_MODEL
+
+    result = CliRunner().invoke(main, ["evaluate", str(BUNDLED_MODEL), "--data", str(prepared32)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "takes 192x192 px images, not 32x32; prepare the data at the model's size (skinlesion prepare --size 192)" \
+        in result.output
+    for model in (tiny_onnx, tiny_onnx.parent / "model.pt"):  # onnxruntime and PyTorch alike
+        with pytest.raises(ValueError, match="takes 32x32 px images, not 48x40"):
+            saved_model_logits(model, np.zeros((2, 40, 48, 3), np.uint8))

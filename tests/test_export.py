@@ -55,3 +55,13 @@ def test_the_model_card_describes_the_data_the_model_saw(tiny_onnx, tmp_path):
     assert "12,922-image sample" not in card  # the project sample's wording is only for files without a record
     thin = [f"{code} {n}" for code, n in data["test"].items() if n < 100]
     assert thin and f"their test recalls rest on {', '.join(thin)} photos" in card
+
+
+def test_exporting_a_file_that_is_not_a_run_says_so(tiny_onnx, tmp_path):
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(tiny_onnx.parent.joinpath("model.pt").read_bytes()[:5000])  # a copy cut off
+    for model, problem in ((tiny_onnx, "an exported .onnx file is already the end product"),
+                           (broken, "not a skinlesion model file")):
+        result = CliRunner().invoke(main, ["export", str(model), "--out", str(tmp_path / "again.onnx")])
+        assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "again.onnx").exists()

@@ -93,6 +93,15 @@ def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
     assert (top < 0.5) == result.stdout.rstrip().endswith("uncertain")
 
 
+def test_predict_names_an_output_it_cannot_write_before_reading_any_photo(tiny_onnx, image_folder, tmp_path):
+    for output, problem in ((tmp_path / "no such folder" / "preds.csv", "No such file or directory"),
+                            (tmp_path, "Is a directory")):
+        result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--output",
+                                           str(output)])
+        assert result.exit_code == 1 and f"{output}: {problem}" in result.output and "Traceback" not in result.output
+        assert "skipped" not in result.output  # it stopped before reading the folder, whose bad files it reports
+
+
 def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):
     result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--format", "isic2018"])
     assert result.exit_code == 2 and "--format isic2018" in result.output and "--output" in result.output

@@ -16,8 +16,10 @@ def fail_cleanly(call):
     from skinlesion.isic import DataError
     try:
         return call()
-    except (DataError, ImageError, ValueError, FileNotFoundError) as error:
+    except (DataError, ImageError, ValueError) as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # a file or folder that cannot be read or written: name it
+        raise click.ClickException(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
 
 
 # Choices of options that training owns are spelled out here, since importing training (torch) would slow every
@@ -230,6 +232,8 @@ def predict(inputs, model_path, output, output_format, batch_size):
     if output_format != "isic2019" and not output:
         raise click.UsageError(f"--format {output_format} sets the classes of the --output CSV; add --output FILE")
     predictor = fail_cleanly(lambda: Predictor(model_path))
+    if output:  # an output that cannot be written fails now, not after every photo has been read
+        fail_cleanly(lambda: open(output, "a").close())
 
     def run():
         files, problems = image_files(list(inputs))
@@ -242,7 +246,7 @@ def predict(inputs, model_path, output, output_format, batch_size):
         if output_format == "isic2018":
             rows, columns = [(name, predictor.as_isic2018(probs), met) for name, probs, met in rows], ISIC2018_CODES
         frame = pd.DataFrame([{"image": name, **probs} for name, probs, _ in rows], columns=["image", *columns])
-        frame.to_csv(output, index=False, float_format="%.6f")
+        fail_cleanly(lambda: frame.to_csv(output, index=False, float_format="%.6f"))
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:
         for name, probs, _ in rows:

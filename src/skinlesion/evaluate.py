@@ -8,6 +8,7 @@ import pandas as pd
 
 from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
+from skinlesion.imaging import check_model_input
 from skinlesion.metrics import confidence_bins, confusion_matrix, expected_calibration_error, per_class_table, summarise
 from skinlesion.seen import seen_before
 
@@ -137,6 +138,7 @@ def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray
         return torch_logits(model_path, pixels)
     from skinlesion.predict import Predictor
     predictor = Predictor(model_path)
+    check_model_input(model_path, predictor.size, pixels)
     batches = range(0, len(pixels), 32)  # small: an ensemble multiplies the batch by its views (memory)
     # Files exported before class offsets have none; the record of seen photos lives apart from the card.
     card = {"class_bias": [0.0] * len(predictor.classes), **predictor.card, "seen": predictor.seen}

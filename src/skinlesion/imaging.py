@@ -118,6 +118,13 @@ def model_input_and_hash(image: Image.Image, size: int, policy: str) -> tuple[np
     return fill_dark_border(resized), difference_hash(resized)
 
 
+def check_model_input(model_path, size: int, pixels: np.ndarray) -> None:
+    """Fail with the fix, before any work, when cached pixels (N, H, W, 3) are not the model's input size."""
+    if pixels.shape[1:3] != (size, size):
+        raise ValueError(f"{model_path} takes {size}x{size} px images, not {pixels.shape[2]}x{pixels.shape[1]}; "
+                         f"prepare the data at the model's size (skinlesion prepare --size {size})")
+
+
 def load_pixels(source, size: int, policy: str) -> np.ndarray:
     """Decode one image into the model's input: the shared preprocessing of training and prediction."""
     return model_input(open_rgb(source, draft_size=size), size, policy)

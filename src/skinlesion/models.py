@@ -1,5 +1,6 @@
 """The model registry: create_model(name, num_classes) -> Classifier. Every model ends in GAP + linear."""
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from skinlesion.imaging import check_model_input
 from skinlesion.presets import EvalPreset
 
 
@@ -213,11 +215,17 @@ def build_classifier(meta: dict) -> Classifier:
 
 def load_model(path) -> tuple[Classifier | Ensemble, dict]:
     """Read a file written by save_model or save_ensemble; return (model in eval mode, its metadata)."""
-    meta = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError):  # another kind of file, or a cut-off one
+        meta = None
     formats = (MODEL_FORMAT, ENSEMBLE_FORMAT)
     if not isinstance(meta, dict) or meta.get("format") not in formats:
+        exported = " (an exported .onnx file is already the end product)" if Path(path).suffix == ".onnx" else ""
         raise ValueError(f"{path}: not a skinlesion model file (expected one written by 'skinlesion train' "
-                         f"or 'skinlesion ensemble')")
+                         f"or 'skinlesion ensemble'){exported}")
     # Files written before class offsets and views existed: no offsets, one view.
     meta.setdefault("class_bias", [0.0] * len(meta["classes"]))
     meta.setdefault("views", 1)
@@ -240,4 +248,5 @@ def predict_logits(model, pixels: torch.Tensor, batch_size: int = 256) -> np.nda
 def model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
     """Load a saved model and return (logits, metadata) for uint8 pixels."""
     model, meta = load_model(model_path)
+    check_model_input(model_path, meta["size"], pixels)
     return predict_logits(model, torch.from_numpy(np.ascontiguousarray(pixels))), meta
