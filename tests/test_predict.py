@@ -100,6 +100,10 @@ def test_predict_names_an_output_it_cannot_write_before_reading_any_photo(tiny_o
                                            str(output)])
         assert result.exit_code == 1 and f"{output}: {problem}" in result.output and "Traceback" not in result.output
         assert "skipped" not in result.output  # it stopped before reading the folder, whose bad files it reports
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "nothing here"), "--model", str(tiny_onnx),
+                                       "--output", str(tmp_path / "preds.csv")])
+    assert result.exit_code == 1 and not (tmp_path / "preds.csv").exists()  # the check left no empty file
+    assert "nothing here: file not found" in result.output and "no readable image among 1 input(s)" in result.output
 
 
 def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):

@@ -22,6 +22,14 @@ def fail_cleanly(call):
         raise click.ClickException(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
 
 
+def check_writable(path: Path) -> None:
+    """Fail now, not after every photo has been read, when a result file cannot be written; leave no file behind."""
+    existed = path.exists()
+    open(path, "a").close()
+    if not existed:
+        path.unlink()
+
+
 # Choices of options that training owns are spelled out here, since importing training (torch) would slow every
 # command and break `serve` where torch is not installed; tests/test_cli.py checks they match the library.
 # train and compare: which validation score keeps a run's epoch (training.SELECT).
@@ -232,8 +240,8 @@ def predict(inputs, model_path, output, output_format, batch_size):
     if output_format != "isic2019" and not output:
         raise click.UsageError(f"--format {output_format} sets the classes of the --output CSV; add --output FILE")
     predictor = fail_cleanly(lambda: Predictor(model_path))
-    if output:  # an output that cannot be written fails now, not after every photo has been read
-        fail_cleanly(lambda: open(output, "a").close())
+    if output:
+        fail_cleanly(lambda: check_writable(output))
 
     def run():
         files, problems = image_files(list(inputs))
@@ -241,6 +249,10 @@ def predict(inputs, model_path, output, output_format, batch_size):
         return rows, problems + failed
 
     rows, problems = fail_cleanly(run)
+    for problem in problems:
+        click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
+    if not rows:  # a mistyped folder must not pass for an empty result
+        raise click.ClickException(f"no readable image among {len(inputs)} input(s); nothing predicted or written")
     if output:
         columns = CODES
         if output_format == "isic2018":
@@ -253,8 +265,6 @@ def predict(inputs, model_path, output, output_format, batch_size):
             top = max(probs, key=probs.get)
             flag = "  uncertain" if is_uncertain(probs[top]) else ""  # as the web app flags it
             click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk}){flag}")
-    for problem in problems:
-        click.echo(f"skipped {problem['path']}: {problem['problem']}", err=True)
     seen = Counter(met for _, _, met in rows)
     if seen["train"] or seen["val"]:
         click.echo(f"note: the model trained on {seen['train']} and validated on {seen['val']} of these {len(rows)} "
