@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,24 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_pat
     # Chosen, across the interruption, by the score asked for: the raw top class here.
     assert meta["train_config"]["select"] == "top-class"
     assert meta["val_bacc"] == pytest.approx(epochs["val_bacc"].max(), abs=0.01)
+
+
+def test_a_resume_with_other_settings_or_data_is_refused_but_a_moved_copy_of_the_data_is_not(prepared32, tmp_path):
+    run = tmp_path / "run"
+    args = ("--epochs", 1, "--limit-train-batches", 2)
+    assert CliRunner().invoke(main, train_args(prepared32, run, *args)).exit_code == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(prepared32, moved)
+    (moved / "splits.csv").write_text((moved / "splits.csv").read_text().replace(",train", ",val", 1))
+    for extra, problem in (((*args[:1], 2, *args[2:]), "Differing: epochs 2 (the run: 1)"),
+                           ((*args, "--dropout", 0.3), "dropout 0.3 (the run: 0.2)")):
+        result = CliRunner().invoke(main, train_args(prepared32, run, *extra, "--resume"))
+        assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, result.output
+    result = CliRunner().invoke(main, train_args(moved, run, *args, "--resume"))
+    assert result.exit_code == 1 and f"data {moved} (the run: {prepared32})" in result.output
+    shutil.copy(prepared32 / "splits.csv", moved / "splits.csv")  # now the same split, in another folder
+    result = CliRunner().invoke(main, train_args(moved, run, *args, "--accelerator", "cpu", "--resume"))
+    assert result.exit_code == 0, result.output
 
 
 def test_the_epoch_log_gains_new_columns_when_an_older_run_resumes(tmp_path):

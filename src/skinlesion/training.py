@@ -26,6 +26,7 @@ IMBALANCE = ("none", "weights", "sampler")
 # What chooses the kept epoch and stops training: the calibrated decision the model ships with, or (runs before
 # 2026-11-27, e.g. the bundled model's members) the top class of the raw logits.
 SELECT = {"calibrated": "val_bacc_calibrated", "top-class": "val_bacc"}
+WHERE_IT_RUNS = ("accelerator", "devices", "num_nodes")  # may change when a run resumes on another machine
 # Augmenting in the system's on_after_batch_transfer, beside a DataModule, is deliberate.
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
@@ -238,6 +239,8 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
                          "or choose another --out")
     if resume and not last.exists():
         raise ValueError(f"{last}: nothing to resume; start without --resume")
+    if resume:
+        check_same_run(run_dir, Path(prepared_dir), config)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = PreparedData(prepared_dir, config.batch_size, config.imbalance, config.seed)
@@ -278,6 +281,25 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
                extra={**scores, "epochs_trained": trainer.current_epoch,
                       "train_config": asdict(config), "prepared": str(prepared_dir)})
     return out
+
+
+def check_same_run(run_dir: Path, prepared_dir: Path, config: TrainConfig) -> None:
+    """Refuse to resume with other settings or data: the checkpoint, its schedule and its split are the run's."""
+    if not (run_dir / "train_config.json").is_file():
+        return
+    saved = json.loads((run_dir / "train_config.json").read_text())
+    ours = asdict(config)
+    changed = [f"{key} {ours[key]!r} (the run: {saved[key]!r})" for key in ours
+               if key in saved and key not in WHERE_IT_RUNS and ours[key] != saved[key]]
+    theirs = Path(saved["prepared"])
+    same_data = theirs.resolve() == prepared_dir.resolve() or all(  # the same folder, or a copy of it moved
+        (theirs / name).is_file() and (theirs / name).read_bytes() == (prepared_dir / name).read_bytes()
+        for name in ("splits.csv", "prepared.json"))
+    if not same_data:
+        changed.append(f"data {prepared_dir} (the run: {theirs})")
+    if changed:
+        raise ValueError(f"{run_dir}: --resume continues a run with the settings and data it started with; repeat "
+                         f"its command with --resume. Differing: {'; '.join(changed)}")
 
 
 def start_from(model, init: Path, config: TrainConfig, prepared) -> None:
