@@ -83,21 +83,21 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_pat
 
 
 def test_a_resume_with_other_settings_or_data_is_refused_but_a_moved_copy_of_the_data_is_not(prepared32, tmp_path):
-    run = tmp_path / "run"
+    data, moved, run = tmp_path / "data", tmp_path / "moved", tmp_path / "run"
+    shutil.copytree(prepared32, data)
     args = ("--epochs", 1, "--limit-train-batches", 2)
-    assert CliRunner().invoke(main, train_args(prepared32, run, *args)).exit_code == 0
-    moved = tmp_path / "moved"
-    shutil.copytree(prepared32, moved)
-    (moved / "splits.csv").write_text((moved / "splits.csv").read_text().replace(",train", ",val", 1))
+    assert CliRunner().invoke(main, train_args(data, run, *args)).exit_code == 0
     for extra, problem in (((*args[:1], 2, *args[2:]), "Differing: epochs 2 (the run: 1)"),
                            ((*args, "--dropout", 0.3), "dropout 0.3 (the run: 0.2)")):
-        result = CliRunner().invoke(main, train_args(prepared32, run, *extra, "--resume"))
+        result = CliRunner().invoke(main, train_args(data, run, *extra, "--resume"))
         assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, result.output
-    result = CliRunner().invoke(main, train_args(moved, run, *args, "--resume"))
-    assert result.exit_code == 1 and f"data {moved} (the run: {prepared32})" in result.output
-    shutil.copy(prepared32 / "splits.csv", moved / "splits.csv")  # now the same split, in another folder
+    shutil.copytree(data, moved)
     result = CliRunner().invoke(main, train_args(moved, run, *args, "--accelerator", "cpu", "--resume"))
     assert result.exit_code == 0, result.output
+    # The same folder prepared again with another split is other data, though its path is the same.
+    (data / "splits.csv").write_text((data / "splits.csv").read_text().replace(",train", ",val", 1))
+    result = CliRunner().invoke(main, train_args(data, run, *args, "--resume"))
+    assert result.exit_code == 1 and f"Differing: data {data} (the run: {moved}, as it was then)" in result.output
 
 
 def test_the_epoch_log_gains_new_columns_when_an_older_run_resumes(tmp_path):

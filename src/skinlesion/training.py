@@ -1,6 +1,7 @@
 """Training: a Lightning system (loss, metrics, optimiser) around an injected model, over the prepared cache."""
 
 import csv
+import hashlib
 import json
 import time
 import warnings
@@ -264,7 +265,9 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
                         callbacks=[checkpoints, latest, stopper, EpochLog(run_dir / "epochs.csv")], logger=False,
                         enable_progress_bar=progress, enable_model_summary=False,
                         limit_train_batches=config.limit_train_batches, num_sanity_val_steps=0)
-    (run_dir / "train_config.json").write_text(json.dumps({"prepared": str(prepared_dir), **asdict(config)}, indent=1))
+    (run_dir / "train_config.json").write_text(json.dumps({"prepared": str(prepared_dir),
+                                                          "prepared_digest": prepared_digest(Path(prepared_dir)),
+                                                          **asdict(config)}, indent=1))
     trainer.fit(system, datamodule=data, ckpt_path=last if resume else None)
     if not trainer.is_global_zero:
         return run_dir / "model.pt"
@@ -283,6 +286,14 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     return out
 
 
+def prepared_digest(prepared_dir: Path) -> str:
+    """Hash what a run learns from in a prepared folder besides its pixels: the split and its settings."""
+    digest = hashlib.sha256()
+    for name in ("splits.csv", "prepared.json"):
+        digest.update((prepared_dir / name).read_bytes())
+    return digest.hexdigest()
+
+
 def check_same_run(run_dir: Path, prepared_dir: Path, config: TrainConfig) -> None:
     """Refuse to resume with other settings or data: the checkpoint, its schedule and its split are the run's."""
     if not (run_dir / "train_config.json").is_file():
@@ -291,12 +302,12 @@ def check_same_run(run_dir: Path, prepared_dir: Path, config: TrainConfig) -> No
     ours = asdict(config)
     changed = [f"{key} {ours[key]!r} (the run: {saved[key]!r})" for key in ours
                if key in saved and key not in WHERE_IT_RUNS and ours[key] != saved[key]]
-    theirs = Path(saved["prepared"])
-    same_data = theirs.resolve() == prepared_dir.resolve() or all(  # the same folder, or a copy of it moved
-        (theirs / name).is_file() and (theirs / name).read_bytes() == (prepared_dir / name).read_bytes()
-        for name in ("splits.csv", "prepared.json"))
+    # By content where the run recorded it (a moved copy is the same data; a folder prepared again in place is
+    # not), else by path (runs from before 2026-12-02).
+    same_data = saved["prepared_digest"] == prepared_digest(prepared_dir) if "prepared_digest" in saved else \
+        Path(saved["prepared"]).resolve() == prepared_dir.resolve()
     if not same_data:
-        changed.append(f"data {prepared_dir} (the run: {theirs})")
+        changed.append(f"data {prepared_dir} (the run: {saved['prepared']}, as it was then)")
     if changed:
         raise ValueError(f"{run_dir}: --resume continues a run with the settings and data it started with; repeat "
                          f"its command with --resume. Differing: {'; '.join(changed)}")
