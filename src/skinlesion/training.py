@@ -1,7 +1,6 @@
 """Training: a Lightning system (loss, metrics, optimiser) around an injected model, over the prepared cache."""
 
 import csv
-import hashlib
 import json
 import time
 import warnings
@@ -17,17 +16,16 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from skinlesion.calibration import cross_fitted_balanced_accuracy, fit_calibration
 from skinlesion.metrics import balanced_accuracy
-from skinlesion.models import MODEL_FORMAT, create_model, load_model, model_spec, predict_logits, save_model
-from skinlesion.prepare import load_prepared, photo_hashes
+from skinlesion.models import create_model, model_spec, predict_logits, save_model
+from skinlesion.prepare import load_prepared
 from skinlesion.presets import AUGMENTATIONS, EvalPreset
-from skinlesion.seen import recorded_seen, seen_rows, why_unrecorded
+from skinlesion.runs import check_same_run, prepared_digest, start_from
 from skinlesion.splits import class_weights, sampler_weights
 
 IMBALANCE = ("none", "weights", "sampler")
 # What chooses the kept epoch and stops training: the calibrated decision the model ships with, or (runs before
 # 2026-11-27, e.g. the bundled model's members) the top class of the raw logits.
 SELECT = {"calibrated": "val_bacc_calibrated", "top-class": "val_bacc"}
-WHERE_IT_RUNS = ("accelerator", "devices", "num_nodes")  # may change when a run resumes on another machine
 # Augmenting in the system's on_after_batch_transfer, beside a DataModule, is deliberate.
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
@@ -284,72 +282,3 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
                extra={**scores, "epochs_trained": trainer.current_epoch,
                       "train_config": asdict(config), "prepared": str(prepared_dir)})
     return out
-
-
-def prepared_digest(prepared_dir: Path) -> str:
-    """Hash what a run learns from in a prepared folder besides its pixels: the split and its settings."""
-    digest = hashlib.sha256()
-    for name in ("splits.csv", "prepared.json"):
-        digest.update((prepared_dir / name).read_bytes())
-    return digest.hexdigest()
-
-
-def check_same_run(run_dir: Path, prepared_dir: Path, config: TrainConfig) -> None:
-    """Refuse to resume with other settings or data: the checkpoint, its schedule and its split are the run's."""
-    if not (run_dir / "train_config.json").is_file():
-        return
-    saved = json.loads((run_dir / "train_config.json").read_text())
-    ours = asdict(config)
-    changed = [f"{key} {ours[key]!r} (the run: {saved[key]!r})" for key in ours
-               if key in saved and key not in WHERE_IT_RUNS and ours[key] != saved[key]]
-    # By content where the run recorded it (a moved copy is the same data; a folder prepared again in place is
-    # not), else by path (runs from before 2026-12-02).
-    same_data = saved["prepared_digest"] == prepared_digest(prepared_dir) if "prepared_digest" in saved else \
-        Path(saved["prepared"]).resolve() == prepared_dir.resolve()
-    if not same_data:
-        changed.append(f"data {prepared_dir} (the run: {saved['prepared']}, as it was then)")
-    if changed:
-        raise ValueError(f"{run_dir}: --resume continues a run with the settings and data it started with; repeat "
-                         f"its command with --resume. Differing: {'; '.join(changed)}")
-
-
-def start_from(model, init: Path, config: TrainConfig, prepared) -> None:
-    """Copy a saved model's weights into the new network, refusing one whose training saw our val or test images."""
-    saved, meta = load_model(init)
-    if meta["format"] != MODEL_FORMAT:
-        raise ValueError(f"{init}: an ensemble cannot start a training run; pass one of its members")
-    # The network's shape (arch, width, classes) and what it does to the pixels first (colour constancy) must match,
-    # or the copied weights would not fit or would see differently coloured inputs than they were trained on.
-    theirs = (meta["arch"], meta["width"], meta.get("color_constancy", 0.0), list(meta["classes"]))
-    ours = (config.model, config.width, config.color_constancy, list(prepared.classes))
-    if theirs != ours:
-        def describe(arch, width, constancy, classes):
-            return f"a {arch} (width {width}, colour constancy {constancy}) over {', '.join(classes)}"
-        raise ValueError(f"{init}: {describe(*theirs)} cannot start {describe(*ours)}; use the same --model, "
-                         f"--width and --color-constancy, on data with the same classes")
-    check_held_out(init, meta, prepared)
-    model.load_state_dict(saved.state_dict())
-
-
-def check_held_out(path: Path, meta: dict, prepared) -> None:
-    """Refuse a saved model that trained on any of our validation or test photos or, in a lesion-grouped folder, on
-    another photo of one of their lesions or a photo near-identical in pixels (seen.seen_rows)."""
-    seen = recorded_seen(meta)
-    if seen is None:
-        where = why_unrecorded(meta, "it names no training folder")
-        raise ValueError(f"{path}: it does not record its training data ({where}), so it cannot be checked against "
-                         f"ours")
-    by_lesion = prepared.protocol == "lesion"
-    held_out = prepared.table[prepared.table["split"].isin(["val", "test"])]
-    # What a model met before a validation score is its training split: exactly what must not touch ours.
-    # Hashes compare only when taken at one size and policy: a stage at 128 px may start one at 192 px.
-    same_input = (meta.get("size"), meta.get("policy")) == (prepared.size, prepared.policy)
-    hashes = photo_hashes(prepared.out_dir) if same_input else None
-    met = held_out[seen_rows(held_out, seen, "val", by_lesion, hashes).to_numpy()]
-    if len(met):
-        what = ("images (by name or pixels) or their lesions" if hashes else "images or their lesions") if by_lesion \
-            else "images"
-        fix = f"prepare ours with --splits-from {meta['prepared']}" if meta.get("prepared") else \
-            "prepare ours with --splits-from the folder it was trained from"
-        raise ValueError(f"{path} was trained on {len(met)} of our validation/test {what} "
-                         f"(e.g. {met['image'].iloc[0]}); {fix}")
