@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from skinlesion.cli import main
@@ -59,6 +60,17 @@ def test_user_errors_are_clean_messages_not_tracebacks(small_layout, tmp_path):
     assert "Traceback" not in result.output
     result = run_prepare("--data", small_layout, "--out", tmp_path / "p", "--classes", "MEL,XYZ")
     assert result.exit_code == 1 and "unknown class 'XYZ'" in result.output
+
+
+@pytest.mark.parametrize("option, value, problem", [
+    ("--cap", "-5", "--cap -5: give the number of images to keep per class"),
+    ("--min-images", "-1", "--min-images -1: give a number of images"),
+    ("--workers", "-2", "--workers -2: give a number of decoding processes"),
+    ("--test-fraction", "0.9", "together below 1")])
+def test_a_setting_out_of_range_is_refused_before_any_image_is_read(small_layout, tmp_path, option, value, problem):
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "p", option, value)
+    assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_second_preparation_can_reuse_the_first_split(small_layout, tmp_path):

@@ -28,6 +28,8 @@ class CacheConfig:
             raise ValueError(f"unknown resize policy {self.policy!r}; choose from {', '.join(RESIZE_POLICIES)}")
         if not 8 <= self.size <= 1024:
             raise ValueError(f"image size {self.size} is out of range; choose 8..1024")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: give a number of decoding processes (0 = one per CPU)")
 
 
 @dataclass

@@ -20,6 +20,12 @@ class BalanceConfig:
     min_images: int = 0  # drop a class with fewer images than this (counted before splitting)
     cap: int | None = None  # undersample every larger class to this many images; None keeps all
 
+    def __post_init__(self):
+        if self.cap is not None and self.cap < 1:
+            raise ValueError(f"--cap {self.cap}: give the number of images to keep per class (0 = no cap)")
+        if self.min_images < 0:
+            raise ValueError(f"--min-images {self.min_images}: give a number of images, 0 or more")
+
 
 BALANCE_PRESETS = {
     # The paper: six classes, each undersampled to 867 images (the AK count in the full set).
