@@ -33,7 +33,7 @@ def test_a_score_leaves_out_photos_and_lesions_met_in_an_earlier_role():
 def test_a_saved_model_that_met_a_lesion_we_test_on_may_not_start_or_join_a_run(prepared32):
     """Our lesion-grouped folder keeps each lesion in one split, but a model trained on another split may have met
     another photo of one of our test lesions: as good as training on that test photo, so start_from refuses it."""
-    from skinlesion.training import check_held_out
+    from skinlesion.runs import check_held_out
 
     ours = load_prepared(prepared32)
     test = ours.split("test")

@@ -10,7 +10,7 @@ from skinlesion.evaluate import resolve_model
 from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import MODEL_FORMAT, Ensemble, build_classifier, predict_logits, save_ensemble
 from skinlesion.prepare import load_prepared
-from skinlesion.training import check_held_out
+from skinlesion.runs import check_held_out
 
 # Validation halvings behind the recorded calibrated score: more than training's 3 per epoch, since it is scored
 # once and one halving alone varies by about 0.01 (README's ensemble figures use 10).
