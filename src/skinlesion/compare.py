@@ -13,7 +13,7 @@ from skinlesion.cache import CacheConfig
 from skinlesion.evaluate import evaluate_model
 from skinlesion.models import MODELS, load_model, model_spec
 from skinlesion.prepare import PrepareConfig, prepare
-from skinlesion.splits import BALANCE_PRESETS, PROTOCOLS, SplitConfig
+from skinlesion.splits import BALANCE_PRESETS, SplitConfig
 from skinlesion.training import TrainConfig, fit
 
 
@@ -29,18 +29,21 @@ class CompareConfig:
     select: str = "calibrated"  # the validation score that keeps each run's epoch (training.SELECT)
 
     def __post_init__(self):
-        """Check every name and size before the first run, which may train for an hour before a later one failed."""
+        """Build every run's settings once, so a bad one fails before the first run, which may train for an hour."""
         if not self.models or not self.protocols:
             raise ValueError("compare needs at least one model and one protocol")
         for name in self.models:
             model_spec(name)
+            self.train_config(name)
         for protocol in self.protocols:
-            if protocol not in PROTOCOLS:
-                raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+            SplitConfig(protocol=protocol, seed=self.seed)
         for size in (self.size, *self.extra_sizes):
             CacheConfig(size=size)
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+
+    def train_config(self, model: str) -> TrainConfig:
+        """The one recipe every run of the comparison trains with (all epochs run: patience is the epoch count)."""
+        return TrainConfig(model=model, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+                           patience=self.epochs, select=self.select)
 
 
 def prepared_dir(out: Path, protocol: str, size: int) -> Path:
@@ -58,8 +61,7 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
                                               cache=CacheConfig(size=size)), progress=False,
                 cache_dir=out / "cache")  # one pixel cache per size, shared by both protocols
     run = out / "runs" / f"{protocol}-{model}-{size}"
-    train = TrainConfig(model=model, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                        patience=config.epochs, select=config.select)
+    train = config.train_config(model)
     started = time.perf_counter()
     if not (run / "model.pt").exists():
         fit(data, run, train, resume=(run / "checkpoints" / "last.ckpt").exists(), progress=False)

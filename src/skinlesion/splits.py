@@ -53,6 +53,8 @@ class SplitConfig:
     fold: int = 0
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
         if not self.folds:
             if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
                 raise ValueError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} must "
@@ -166,8 +168,6 @@ def split_images(table: pd.DataFrame, config: SplitConfig) -> pd.Series:
 def assign_splits(table: pd.DataFrame, balance: BalanceConfig, config: SplitConfig,
                   near_duplicate_pairs=()) -> SplitResult:
     """Keep classes, split and balance; every input row comes back with a split or 'unused'."""
-    if config.protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {config.protocol!r}; choose from {', '.join(PROTOCOLS)}")
     classes = kept_classes(table["label"], balance)
     present = set(table["label"])
     dropped = tuple(c for c in balance.classes if c in present and c not in classes)
