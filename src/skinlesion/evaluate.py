@@ -109,9 +109,9 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
     unknown = sorted(set(rows["label"]) - set(classes))
     if unknown:
         raise ValueError(f"{prepared_dir}: the {split} split has classes the model lacks: {', '.join(unknown)}")
-    if (meta["size"], meta["policy"]) != (prepared.size, prepared.policy):
-        raise ValueError(f"{model_path} expects {meta['size']}px '{meta['policy']}' images but {prepared_dir} "
-                         f"holds {prepared.size}px '{prepared.policy}'; prepare the data at the model's size")
+    if meta["policy"] != prepared.policy:  # the size was checked before the pixels went in (check_model_input)
+        raise ValueError(f"{model_path} expects '{meta['policy']}' resized images but {prepared_dir} holds "
+                         f"'{prepared.policy}' ones; prepare the data with --resize {meta['policy']}")
     # The paper's protocol shares lesions across splits on purpose, so there only the same photos are left out.
     left_out, seen_check = seen_before(rows, meta, split, by_lesion=prepared.protocol == "lesion",
                                        hashes=photo_hashes(prepared_dir))
