@@ -67,9 +67,17 @@ def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, b
     page.goto(live_server)
     assert "Research tool, not a diagnosis" in page.inner_text(".notice")
     page.set_input_files("#file", str(photo))
-    page.click("#analyse")
+    with page.expect_response("**/api/v1/predict") as response:
+        page.click("#analyse")
+    body = response.value.json()
     page.wait_for_selector("#answer", state="visible", timeout=30_000)
     label = page.inner_text("#label")
+    # The risk line follows the answer's referral: a benign top class whose cancers together reach the threshold is
+    # not shown as plainly benign.
+    checked = body["refer"] and body["risk"] == "benign"
+    assert page.inner_text("#risk") == ("Risk group: benign, but cancer is not ruled out" if checked
+                                        else f"Risk group: {body['risk']}")
+    assert page.inner_text("#advice") == body["advice"]
     assert any(code in label for code in ("MEL", "NV", "BCC", "AK", "BKL", "SCC"))
     assert page.get_attribute("#heatmap", "src").startswith("data:image/png;base64,")
     # 4:3 as the photo (600x450): the model's square view stretched back to the photo's shape (within the rounding

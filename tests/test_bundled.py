@@ -34,6 +34,11 @@ def test_bundled_model_is_small_and_its_card_matches_its_metadata():
     check = meta["float16_check"]
     assert check["images"] > 1000 and check["agreement"] > 0.99
     assert check["balanced_accuracy_onnx"] == pytest.approx(check["balanced_accuracy_pytorch"], abs=0.015)
+    # Its referral rule: fitted to refer 95% of validation's cancers and pre-cancers, scored on test, on the card.
+    rule = meta["referral"]
+    assert rule["target_sensitivity"] == 0.95 and rule["val"]["sensitivity"] >= 0.95
+    assert rule["test"]["images"] == test["images"] and rule["test"]["sensitivity"] > 0.9
+    assert f"together reach {rule['threshold']:.3f}" in card
 
 
 def test_bundled_model_predicts_a_real_image(shared_data):
@@ -79,5 +84,6 @@ def test_the_build_script_runs_end_to_end_and_writes_a_model_with_its_card(share
     assert (meta["size"], meta["views"], len(meta["members"])) == (192, 1, 2)
     assert '"mixup": 0.2, "ema": 0.995' in card and f"`{work / 'run192-seed1' / 'model.pt'}`" in card
     assert "## Test split" in card and "float16 weights" in card
+    assert f"together reach {meta['referral']['threshold']:.3f}" in card  # export fitted its referral rule
     result = Predictor(out / "model.onnx").assess((shared_data / IMAGE_DIR / "ISIC_0024306.jpg").read_bytes())
     assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-5)

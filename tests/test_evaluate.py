@@ -31,6 +31,11 @@ def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepa
                                      "--out", str(torch_report)]).exit_code == 0
     scored = [json.loads((report / "metrics.json").read_text()) for report in (onnx_report, torch_report)]
     assert scored[0]["images"] == scored[1]["images"] > 500
+    # The file's referral threshold (fitted at export) is scored too; a run folder's model.pt has none.
+    referral = scored[0]["referral"]
+    assert referral["images"] == scored[0]["images"] and "referral" not in scored[1]
+    assert referral == {"threshold": Predictor(exported).referral["threshold"], **Predictor(exported).referral["test"]}
+    assert f"referral (MEL+BCC+AK+SCC >= {referral['threshold']:.3f}): sensitivity" in result.output
     assert scored[0]["balanced_accuracy"] == pytest.approx(scored[1]["balanced_accuracy"], abs=0.01)
     predictions = [pd.read_csv(report / "predictions.csv", index_col="image") for report in (onnx_report, torch_report)]
     assert np.abs(predictions[0].to_numpy() - predictions[1].to_numpy()).max() < 1e-3

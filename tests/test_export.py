@@ -30,9 +30,26 @@ def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, 
     # are near uniform and float16 rounding can flip its top class (a CI run saw 0.172 vs 0.206); that float16
     # keeps the score of a real model is checked on the bundled file (tests/test_bundled.py).
     assert all(0 <= float(x) <= 1 for x in scores.split(" vs ")) and "same top class for" in result.output
+    assert "val: referral (MEL+BCC+AK+SCC >= " in result.output and "test: referral (" in result.output
     half = tmp_path / "m.onnx"
     assert half.stat().st_size < tiny_onnx.stat().st_size * 0.6
     assert json.loads({p.key: p.value for p in onnx.load(half).metadata_props}[METADATA_KEY])["weights"] == "float16"
+
+
+def test_export_fits_the_referral_threshold_on_validation_through_the_file_and_scores_it_on_test(tiny_onnx,
+                                                                                                   prepared32):
+    from skinlesion.card import read_card
+    rule, prepared = read_card(tiny_onnx)["referral"], load_prepared(prepared32)
+    assert rule["classes"] == ["MEL", "BCC", "AK", "SCC"] and rule["target_sensitivity"] == 0.95
+    assert rule["val"]["sensitivity"] >= 0.95 and rule["val"]["images"] == len(prepared.split("val"))
+    assert rule["test"]["images"] == len(prepared.split("test")) and 0 <= rule["test"]["specificity"] <= 1
+    # The threshold is the highest that refers 95%: the file's own validation probabilities just reach it.
+    from skinlesion.predict import Predictor
+    from skinlesion.referral import concern
+    rows = prepared.split("val")
+    probs, _ = Predictor(tiny_onnx).run(prepared.pixels[rows["cache_row"].to_numpy()])
+    positive = rows["label"].isin(rule["classes"]).to_numpy()
+    assert np.isclose(concern(probs, Predictor(tiny_onnx).classes)[positive], rule["threshold"], atol=1e-6).any()
 
 
 def test_dynamic_batch_axis(tiny_onnx, prepared32):
@@ -65,3 +82,26 @@ def test_exporting_a_file_that_is_not_a_run_says_so(tiny_onnx, tmp_path):
         result = CliRunner().invoke(main, ["export", str(model), "--out", str(tmp_path / "again.onnx")])
         assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output
     assert not (tmp_path / "again.onnx").exists()
+
+
+def test_add_referral_gives_an_older_file_the_rule_export_would_have_fitted(tiny_onnx, prepared32, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from skinlesion.card import read_card, write_model_card
+    older = tmp_path / "model.onnx"  # a file exported before the rule: the same file with its card's entry removed
+    shutil.copy(tiny_onnx, older)
+    model = onnx.load(older)
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    entry.value = json.dumps({k: v for k, v in json.loads(entry.value).items() if k != "referral"})
+    onnx.save(model, older)
+    write_model_card(older, tmp_path / "MODEL_CARD.md")
+    assert "Referral:" not in (tmp_path / "MODEL_CARD.md").read_text()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "add_referral.py"
+    done = subprocess.run([sys.executable, str(script), str(older), str(prepared32)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "val: referral (MEL+BCC+AK+SCC >= " in done.stdout and "test: referral (" in done.stdout
+    assert read_card(older)["referral"] == read_card(tiny_onnx)["referral"]
+    assert "- Referral: whatever the top class" in (tmp_path / "MODEL_CARD.md").read_text()  # rendered again

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from skinlesion.classes import BY_CODE
 from skinlesion.cli import main
 from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
 from skinlesion.predict import Predictor
@@ -91,6 +92,12 @@ def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
     # Under 50% for its top class the answer is flagged, as on the web page (the tiny network is near chance).
     top = float(result.stdout.split("%")[0].split()[-1]) / 100
     assert (top < 0.5) == result.stdout.rstrip().endswith("uncertain")
+    # A benign answer whose cancers and pre-cancers together reach the model's referral threshold says so.
+    predictor = Predictor(tiny_onnx)
+    probabilities = predictor.predict_files([photo])[0][0][1]
+    label = max(probabilities, key=probabilities.get)
+    expected = BY_CODE[label].risk == "benign" and predictor.refers(probabilities)[1]
+    assert ("have it checked: cancer not ruled out" in result.stdout) == expected
 
 
 def test_predict_names_an_output_it_cannot_write_before_reading_any_photo(tiny_onnx, image_folder, tmp_path):
@@ -122,6 +129,24 @@ def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
     heatmap = Image.open(io.BytesIO(base64.b64decode(result.heatmap_png)))
     width, height = Image.open(photo).size  # the model squashed the photo to a square; the heatmap has its shape
     assert width != height and heatmap.format == "PNG" and heatmap.size == (256, round(256 * height / width))
+
+
+def test_an_answer_refers_by_the_cards_threshold_or_else_by_its_top_class(tiny_onnx, image_folder):
+    predictor = Predictor(tiny_onnx)
+    rule = predictor.referral  # fitted on validation at export (referral.py)
+    assert rule["classes"] == ["MEL", "BCC", "AK", "SCC"] and 0 < rule["threshold"] < 1
+    photo = sorted(image_folder.glob("ISIC_*.jpg"))[0]
+    result = predictor.assess(photo.read_bytes())
+    assert result.concern == pytest.approx(sum(result.probabilities[c] for c in rule["classes"]))
+    assert result.refer == (result.concern >= rule["threshold"])
+    for threshold, refer in ((0.0, True), (1.01, False)):
+        predictor.referral = {**rule, "threshold": threshold}
+        assert predictor.assess(photo.read_bytes()).refer is refer
+    predictor.referral = None  # a file exported before the rule: the top class's risk group decides
+    result = predictor.assess(photo.read_bytes())
+    assert result.refer == (result.risk != "benign")
+    benign = {"NV": 0.6, "MEL": 0.3, "BCC": 0.1}
+    assert predictor.refers(benign) == (pytest.approx(0.4), False)
 
 
 @pytest.mark.parametrize("orientation, shape", [(1, (256, 192)), (6, (192, 256))])  # 6: the camera was turned a quarter

@@ -49,6 +49,9 @@ def test_the_model_page_says_what_the_served_model_was_trained_on_and_where_it_i
     bundled = create_app({"TESTING": True}).test_client().get("/about").get_data(as_text=True)
     assert "Actinic keratosis and squamous cell carcinoma were recognised in only 45% and 30%" in bundled
     assert all(line in bundled for line in views.limitations(read_card(BUNDLED_MODEL)))
+    rule = read_card(BUNDLED_MODEL)["referral"]
+    assert (f"together reach <strong>{rule['threshold']:.0%}</strong>" in bundled
+            and f"it referred {rule['test']['sensitivity']:.1%} of them" in bundled)
 
 
 def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
@@ -62,6 +65,24 @@ def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
     assert body["heatmap"].startswith("data:image/png;base64,")
     assert "not a diagnosis" in body["disclaimer"]
     assert "heatmap" not in post(client, lesion_jpeg).json
+    non_benign = sum(body["probabilities"][c] for c in ("MEL", "BCC", "AK", "SCC"))
+    assert body["concern"] == pytest.approx(non_benign, abs=1e-6) and isinstance(body["refer"], bool)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.01])
+def test_a_benign_answer_asks_for_a_check_when_the_referral_rule_says_so(app, lesion_jpeg, threshold):
+    predictor = app.extensions["predictor"]
+    predictor.referral = {**predictor.referral, "threshold": threshold}  # 0: every answer refers; 1.01: none
+    body = post(app.test_client(), lesion_jpeg).json
+    assert body["refer"] is (threshold == 0.0)
+    checked = "too much to rule them out. Please have it checked by a dermatologist." in body["advice"]
+    assert checked == (body["refer"] and body["risk"] == "benign")
+    if body["risk"] == "benign" and not body["refer"]:
+        assert "looks most like a benign lesion, but only a doctor can tell" in body["advice"]
+    # The advice for a benign answer that refers, whatever the tiny model's top class here.
+    result = predictor.assess(lesion_jpeg)
+    result.risk, result.refer, result.concern = "benign", True, 0.31
+    assert "skin cancers and pre-cancers together reach 31%" in views.advice(result)
 
 
 def test_a_photo_the_model_met_is_flagged_by_its_name_or_its_pixels(client, prepared32, shared_data):

@@ -46,6 +46,18 @@ def after_calibration(card: dict) -> str:
     return f", after it {card['val_bacc_calibrated']:.3f} (calibration fitted on one half, scored on the other)"
 
 
+def referral_line(rule: dict) -> str:
+    """Render the referral rule (referral.py) and how it did, as a markdown list item."""
+    scored = "; ".join(f"{name} sensitivity {rule[split]['sensitivity']:.3f}, specificity "
+                       f"{rule[split]['specificity']:.3f}, {rule[split]['referred']:.1%} of "
+                       f"{rule[split]['images']} photos referred"
+                       for split, name in (("val", "validation"), ("test", "test")) if split in rule)
+    return (f"- Referral: whatever the top class, an answer asks for a dermatologist when "
+            f"{', '.join(rule['classes'])} together reach {rule['threshold']:.3f}, the threshold that refers "
+            f"{rule['target_sensitivity']:.0%} of the validation split's photos of those classes ({scored}; measured "
+            f"through this file)")
+
+
 def add_to_card(onnx_path: Path, key: str, value) -> None:
     """Add one entry to the metadata embedded in an exported model."""
     import onnx
@@ -90,6 +102,8 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                      f"balanced accuracy {check['balanced_accuracy_onnx']:.4f} (PyTorch "
                      f"{check['balanced_accuracy_pytorch']:.4f}) and gives the same top class for "
                      f"{check['agreement']:.1%} of {check['images']} images.")
+    if card.get("referral"):
+        lines.append(referral_line(card["referral"]))
     lines.append("")
     grouping = "lesion-grouped" if (card.get("data") or {}).get("protocol", "lesion") == "lesion" else "split per photo"
     for split in ("val", "test"):

@@ -167,9 +167,12 @@ def evaluate(model_path, prepared_dir, split, out_dir):
     """Score a run, model.pt or exported .onnx file on one split: balanced accuracy first, then the rest."""
     from skinlesion.evaluate import evaluate_model
     from skinlesion.metrics import describe_metrics
+    from skinlesion.referral import describe_referral
 
     metrics, out_dir = fail_cleanly(lambda: evaluate_model(model_path, prepared_dir, split, out_dir))
     click.echo(describe_metrics(metrics))
+    if "referral" in metrics:
+        click.echo(describe_referral(metrics["referral"]["threshold"], metrics["referral"], list(metrics["recall"])))
     click.echo(metrics["seen_check"])
     click.echo(f"report: {out_dir}")
 
@@ -206,6 +209,7 @@ def export(model_path, out, prepared_dir, fp16, card_path):
     """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
     from skinlesion.card import write_model_card
     from skinlesion.export import export_with_checks
+    from skinlesion.referral import describe_referral
 
     report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16))
     click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
@@ -216,6 +220,13 @@ def export(model_path, out, prepared_dir, fp16, card_path):
         click.echo(f"float16 weights: validation balanced accuracy {v['balanced_accuracy_onnx']:.4f} vs "
                    f"{v['balanced_accuracy_pytorch']:.4f} in PyTorch; same top class for {v['agreement']:.1%} "
                    f"of {v['images']} images")
+    rule = report["referral"]
+    if rule:
+        for split in ("val", "test"):
+            if split in rule:
+                click.echo(f"{split}: {describe_referral(rule['threshold'], rule[split], report['classes'])}")
+    else:
+        click.echo("no referral threshold: validation needs photos of benign and of non-benign classes")
     if card_path:
         click.echo(f"model card: {write_model_card(out, card_path)}")
 
@@ -263,7 +274,10 @@ def predict(inputs, model_path, output, output_format, batch_size):
     else:
         for name, probs, _ in rows:
             top = max(probs, key=probs.get)
-            flag = "  uncertain" if is_uncertain(probs[top]) else ""  # as the web app flags it
+            # As the web app flags them: a benign answer that still refers (referral.py), an unsure one.
+            flag = "  have it checked: cancer not ruled out" if (BY_CODE[top].risk == "benign"
+                                                                and predictor.refers(probs)[1]) else ""
+            flag += "  uncertain" if is_uncertain(probs[top]) else ""
             click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk}){flag}")
     seen = Counter(met for _, _, met in rows)
     if seen["train"] or seen["val"]:

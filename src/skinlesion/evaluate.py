@@ -10,6 +10,7 @@ from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
 from skinlesion.imaging import check_model_input
 from skinlesion.metrics import confidence_bins, confusion_matrix, expected_calibration_error, per_class_table, summarise
+from skinlesion.referral import referral_scores
 from skinlesion.seen import seen_before
 
 
@@ -128,6 +129,10 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
     extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir), "seen_check": seen_check,
              "temperature": meta["temperature"], "class_bias": list(meta["class_bias"]),
              "ece_uncalibrated": expected_calibration_error(softmax(logits), y_true)}
+    if meta.get("referral"):  # exported files since 2026-12-02 (referral.py)
+        threshold = meta["referral"]["threshold"]
+        extra["referral"] = {"threshold": threshold,
+                             **referral_scores(probs, rows["label"].to_numpy(), classes, threshold)}
     return write_report(out_dir, rows["image"], y_true, probs, classes, extra), out_dir
 
 

@@ -16,7 +16,8 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, data_record, load_prepared, photo_hashes
-from skinlesion.seen import SEEN_KEY, joined_seen_record
+from skinlesion.referral import fit_referral, referral_scores
+from skinlesion.seen import SEEN_KEY, joined_seen_record, seen_before
 
 
 class ExportWrapper(nn.Module):
@@ -141,7 +142,29 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
+    report["referral"] = add_referral(Path(out), prepared)
     return report
+
+
+def add_referral(onnx_path: Path, prepared: Prepared) -> dict | None:
+    """Fit the referral rule (referral.py) on the validation split through the exported file itself, so it holds for
+    the file's own probabilities; score it on the test split; add both to the file's card."""
+    scored = {}
+    for split in ("val", "test"):
+        rows = prepared.split(split)
+        if not len(rows):
+            continue
+        logits, card = saved_model_logits(onnx_path, prepared.pixels[rows["cache_row"].to_numpy()])
+        # As `evaluate` scores: no photo the model met counts (another --data folder may hold some).
+        met = seen_before(rows, card, split, by_lesion=prepared.protocol == "lesion",
+                          hashes=photo_hashes(prepared.out_dir))[0]
+        scored[split] = (calibrated(logits[~met], card), rows["label"].to_numpy()[~met])
+    rule = fit_referral(*scored["val"], card["classes"]) if "val" in scored else None
+    if rule and "test" in scored:
+        rule["test"] = referral_scores(*scored["test"], card["classes"], rule["threshold"])
+    if rule:
+        add_to_card(onnx_path, "referral", rule)
+    return rule
 
 
 def member_folders(meta: dict, own: Path) -> list[Prepared]:

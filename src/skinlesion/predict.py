@@ -14,6 +14,7 @@ from PIL import Image
 from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
 from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, model_input_and_hash, open_rgb
+from skinlesion.referral import concern
 from skinlesion.seen import SEEN_KEY, SeenPhotos
 
 METADATA_KEY = "skinlesion"
@@ -30,6 +31,8 @@ class Assessment:
     probabilities: dict | None = None  # every ISIC class; 0.0 for classes the model lacks
     risk: str | None = None
     uncertain: bool | None = None
+    concern: float | None = None  # the non-benign classes' probabilities added up (referral.py)
+    refer: bool | None = None  # send the person to a dermatologist, whatever the top class
     heatmap_png: str | None = None  # base64 PNG: the CAM overlaid on the model's view of the image
     seen_by_model: str | None = None  # "train" / "val": the model met this photo (by name or pixels), see seen.py
 
@@ -61,6 +64,7 @@ class Predictor:
             raise ValueError(f"{self.path}: its record of the photos it met ('{SEEN_KEY}') is damaged ({error}); "
                              f"export the model again") from None
         self.classes = tuple(self.card["classes"])
+        self.referral = self.card.get("referral")  # None in files exported before 2026-12-02
         self.size, self.policy = int(self.card["size"]), self.card["policy"]
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self.version = f"{self.card['arch']}-{self.size}px-{digest}"
@@ -77,6 +81,14 @@ class Predictor:
     def all_codes(self, probs: np.ndarray) -> dict:
         """Spread the model's probabilities over every ISIC class (0.0 where the model has none)."""
         return {c: (float(probs[self.classes.index(c)]) if c in self.classes else 0.0) for c in CODES}
+
+    def refers(self, probabilities: dict) -> tuple[float, bool]:
+        """Return the non-benign classes' summed probability and whether the answer refers the person to a
+        dermatologist: by the card's threshold (referral.py), or, in files without one, by the top class's risk."""
+        total = float(concern(np.array([list(probabilities.values())]), list(probabilities))[0])
+        if self.referral:
+            return total, total >= self.referral["threshold"]
+        return total, BY_CODE[max(probabilities, key=probabilities.get)].risk != "benign"
 
     def as_isic2018(self, probabilities: dict) -> dict:
         """Turn probabilities over the ISIC 2019 classes into ISIC 2018's seven (AKIEC = AK or SCC).
@@ -103,8 +115,11 @@ class Predictor:
         top = int(probs[0].argmax())
         label = self.classes[top]
         shape = image.info["original_size"] if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
-        return Assessment(assessable=True, label=label, probabilities=self.all_codes(probs[0]),
+        probabilities = self.all_codes(probs[0])
+        total, refer = self.refers(probabilities)
+        return Assessment(assessable=True, label=label, probabilities=probabilities,
                           risk=BY_CODE[label].risk, uncertain=is_uncertain(float(probs[0, top])),
+                          concern=total, refer=refer,
                           heatmap_png=heatmap_overlay(pixels, maps[0, top], shape) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 

@@ -26,11 +26,17 @@ def openapi_document(version: str) -> dict:
                                    "heatmap": {"type": "string", "enum": ["0", "1"]}}}}}},
                 "responses": {"200": {"description": "the result", "content": {"application/json": {"schema": {
                     "type": "object",
-                    "required": ["label", "probabilities", "risk", "uncertain", "model_version", "disclaimer"],
+                    "required": ["label", "probabilities", "risk", "uncertain", "refer", "model_version",
+                                 "disclaimer"],
                     "properties": {"label": {"type": "string", "enum": list(CODES)}, "name": {"type": "string"},
                                    "probability": {"type": "number"}, "probabilities": probabilities,
                                    "risk": {"type": "string", "enum": ["malignant", "pre-malignant", "benign"]},
                                    "advice": {"type": "string"}, "uncertain": {"type": "boolean"},
+                                   "refer": {"type": "boolean", "description": "see a dermatologist, whatever the "
+                                             "top class: the cancers and pre-cancers together reach the model's "
+                                             "referral threshold (or, without one, the top class is one of them)"},
+                                   "concern": {"type": "number", "description": "the probabilities of MEL, BCC, "
+                                               "AK and SCC added up"},
                                    "heatmap": {"type": "string", "description": "data: URL of a PNG, 256 px on its "
                                                "longer side, shaped as the photo"},
                                    "seen_by_model": {"type": "string", "enum": ["train", "val"], "nullable": True,

@@ -24,6 +24,18 @@ ADVICE = {
               "changes in size, shape or colour, bleeds, itches or worries you.",
 }
 UNCERTAIN_ADVICE = "The model is unsure about this image, so do not read much into the result. "
+# A benign top class whose cancers and pre-cancers together pass the model's referral threshold (referral.py).
+REFER_ADVICE = ("This looks most like a benign lesion, but skin cancers and pre-cancers together reach {concern:.0%}, "
+                "too much to rule them out. Please have it checked by a dermatologist.")
+
+
+def advice(result) -> str:
+    """Say what to do about an answer: by its top class's risk group, unless the referral rule asks for a check."""
+    if result.risk == "benign" and result.refer:
+        text = REFER_ADVICE.format(concern=result.concern)
+    else:
+        text = ADVICE[result.risk]
+    return (UNCERTAIN_ADVICE if result.uncertain else "") + text
 
 
 def predictor():
@@ -162,7 +174,7 @@ def predict():
     body = {
         "label": result.label, "name": lesion.name, "probability": result.probabilities[result.label],
         "probabilities": result.probabilities, "risk": result.risk, "uncertain": result.uncertain,
-        "advice": (UNCERTAIN_ADVICE if result.uncertain else "") + ADVICE[result.risk],
+        "refer": result.refer, "concern": result.concern, "advice": advice(result),
         "model_version": predictor().version, "disclaimer": DISCLAIMER,
         # One of the model's own photos (by its ISIC id or its pixels) would flatter it; the page says so.
         "seen_by_model": result.seen_by_model,

@@ -30,8 +30,10 @@ function showError(message) {
 function showAnswer(body) {
   $("label").textContent = `${body.name} (${body.label})`;
   $("probability").textContent = `${Math.round(body.probability * 100)}%`;
-  $("risk").textContent = `Risk group: ${body.risk}`;
-  $("risk").className = `risk ${body.risk}`;
+  // A benign top class whose cancers and pre-cancers together pass the model's referral threshold.
+  const checkAnyway = body.refer && body.risk === "benign";
+  $("risk").textContent = checkAnyway ? "Risk group: benign, but cancer is not ruled out" : `Risk group: ${body.risk}`;
+  $("risk").className = checkAnyway ? "risk refer" : `risk ${body.risk}`;
   $("uncertain").hidden = !body.uncertain;
   $("seen").hidden = !body.seen_by_model;
   $("advice").textContent = body.advice;

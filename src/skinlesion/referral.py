@@ -1,0 +1,63 @@
+"""The referral rule: when an answer should send the person to a dermatologist, whatever its top class. No torch.
+
+The top class alone lets too many cancers through: with the bundled model 57 of the test split's 250 melanomas
+had a benign top class (2026-12-02). So a photo is also referred when the probabilities of every class that is not
+benign (skin cancers and pre-cancers: MEL, BCC, SCC, AK) add up to a threshold, fitted on the validation split
+so that REFERRAL_SENSITIVITY of its non-benign photos are referred; the exported model carries it.
+"""
+
+import math
+
+import numpy as np
+
+from skinlesion.classes import BY_CODE
+
+REFERRAL_SENSITIVITY = 0.95  # a missed skin cancer costs far more than a needless visit to a dermatologist
+
+
+def concerning(classes) -> list[str]:
+    """Return the classes that are not benign: the ones a dermatologist should see."""
+    return [code for code in classes if BY_CODE[code].risk != "benign"]
+
+
+def concern(probabilities: np.ndarray, classes) -> np.ndarray:
+    """Return the summed probability of the non-benign classes for each row of (N, K) probabilities: (N,)."""
+    columns = [i for i, code in enumerate(classes) if BY_CODE[code].risk != "benign"]
+    return np.asarray(probabilities)[:, columns].sum(axis=1)
+
+
+def fit_referral(probabilities: np.ndarray, labels, classes,
+                 sensitivity: float = REFERRAL_SENSITIVITY) -> dict | None:
+    """Return the referral rule fitted on validation: the highest threshold on `concern` that refers at least
+    `sensitivity` of the non-benign photos (labels: class codes), with its scores there; None where validation
+    lacks benign or non-benign photos (a model over one group has nothing to weigh)."""
+    labels = np.asarray(labels)
+    positive = np.isin(labels, concerning(classes))
+    if positive.all() or not positive.any():
+        return None
+    scores = np.sort(concern(probabilities, classes)[positive])[::-1]
+    threshold = float(scores[math.ceil(sensitivity * len(scores)) - 1])
+    return {"threshold": threshold, "target_sensitivity": sensitivity, "classes": concerning(classes),
+            "val": referral_scores(probabilities, labels, classes, threshold)}
+
+
+def referral_scores(probabilities: np.ndarray, labels, classes, threshold: float) -> dict:
+    """Score a referral threshold: share of non-benign photos referred (sensitivity), of benign photos not referred
+    (specificity), and of each class's photos referred."""
+    labels = np.asarray(labels)
+    referred = concern(probabilities, classes) >= threshold
+    positive = np.isin(labels, concerning(classes))
+    return {"images": int(len(labels)),
+            "sensitivity": float(referred[positive].mean()) if positive.any() else None,
+            "specificity": float(1 - referred[~positive].mean()) if (~positive).any() else None,
+            "referred": float(referred.mean()),
+            "referred_per_class": {code: float(referred[labels == code].mean()) for code in classes
+                                   if (labels == code).any()}}
+
+
+def describe_referral(threshold: float, scores: dict, classes) -> str:
+    """Say in one line how a referral threshold did on one split."""
+    sensitivity, specificity = ("-" if scores[k] is None else f"{scores[k]:.3f}"
+                                for k in ("sensitivity", "specificity"))
+    return (f"referral ({'+'.join(concerning(classes))} >= {threshold:.3f}): sensitivity {sensitivity}, specificity "
+            f"{specificity}, {scores['referred']:.1%} of {scores['images']} photos referred")
