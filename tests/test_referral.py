@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from skinlesion.referral import concern, concerning, describe_referral, fit_referral, referral_scores
+from skinlesion.referral import concern, concerning, describe_referral, describe_scores, fit_referral, referral_scores
 
 CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
 
@@ -45,3 +45,11 @@ def test_no_rule_without_photos_of_both_groups():
     assert fit_referral(probabilities_for(labels, rng), labels, CLASSES) is None
     labels = np.array(["MEL", "SCC"] * 20)
     assert fit_referral(probabilities_for(labels, rng), labels, CLASSES) is None
+
+
+def test_a_split_without_one_group_is_scored_and_described_without_failing():
+    rng = np.random.default_rng(2)
+    labels = np.array(["NV", "DF"] * 10)
+    scores = referral_scores(probabilities_for(labels, rng), labels, CLASSES, 0.3)
+    assert scores["sensitivity"] is None and 0 <= scores["specificity"] <= 1
+    assert describe_scores(scores).startswith("sensitivity -, specificity ")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from skinlesion.predict import METADATA_KEY, Predictor
+from skinlesion.referral import describe_scores
 
 
 def read_card(onnx_path: Path) -> dict:
@@ -48,9 +49,7 @@ def after_calibration(card: dict) -> str:
 
 def referral_line(rule: dict) -> str:
     """Render the referral rule (referral.py) and how it did, as a markdown list item."""
-    scored = "; ".join(f"{name} sensitivity {rule[split]['sensitivity']:.3f}, specificity "
-                       f"{rule[split]['specificity']:.3f}, {rule[split]['referred']:.1%} of "
-                       f"{rule[split]['images']} photos referred"
+    scored = "; ".join(f"{name} {describe_scores(rule[split])}"
                        for split, name in (("val", "validation"), ("test", "test")) if split in rule)
     return (f"- Referral: whatever the top class, an answer asks for a dermatologist when "
             f"{', '.join(rule['classes'])} together reach {rule['threshold']:.3f}, the threshold that refers "

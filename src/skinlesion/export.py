@@ -158,7 +158,8 @@ def add_referral(onnx_path: Path, prepared: Prepared) -> dict | None:
         # As `evaluate` scores: no photo the model met counts (another --data folder may hold some).
         met = seen_before(rows, card, split, by_lesion=prepared.protocol == "lesion",
                           hashes=photo_hashes(prepared.out_dir))[0]
-        scored[split] = (calibrated(logits[~met], card), rows["label"].to_numpy()[~met])
+        if (~met).any():
+            scored[split] = (calibrated(logits[~met], card), rows["label"].to_numpy()[~met])
     rule = fit_referral(*scored["val"], card["classes"]) if "val" in scored else None
     if rule and "test" in scored:
         rule["test"] = referral_scores(*scored["test"], card["classes"], rule["threshold"])

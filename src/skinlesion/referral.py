@@ -22,8 +22,8 @@ def concerning(classes) -> list[str]:
 
 def concern(probabilities: np.ndarray, classes) -> np.ndarray:
     """Return the summed probability of the non-benign classes for each row of (N, K) probabilities: (N,)."""
-    columns = [i for i, code in enumerate(classes) if BY_CODE[code].risk != "benign"]
-    return np.asarray(probabilities)[:, columns].sum(axis=1)
+    wanted = set(concerning(classes))
+    return np.asarray(probabilities)[:, [i for i, code in enumerate(classes) if code in wanted]].sum(axis=1)
 
 
 def fit_referral(probabilities: np.ndarray, labels, classes,
@@ -57,7 +57,12 @@ def referral_scores(probabilities: np.ndarray, labels, classes, threshold: float
 
 def describe_referral(threshold: float, scores: dict, classes) -> str:
     """Say in one line how a referral threshold did on one split."""
+    return f"referral ({'+'.join(concerning(classes))} >= {threshold:.3f}): {describe_scores(scores)}"
+
+
+def describe_scores(scores: dict) -> str:
+    """Say how many photos a referral threshold sent on (referral_scores); '-' where a split lacks a group."""
     sensitivity, specificity = ("-" if scores[k] is None else f"{scores[k]:.3f}"
                                 for k in ("sensitivity", "specificity"))
-    return (f"referral ({'+'.join(concerning(classes))} >= {threshold:.3f}): sensitivity {sensitivity}, specificity "
-            f"{specificity}, {scores['referred']:.1%} of {scores['images']} photos referred")
+    return (f"sensitivity {sensitivity}, specificity {specificity}, {scores['referred']:.1%} of {scores['images']} "
+            f"photos referred")
