@@ -208,25 +208,10 @@ def ensemble(runs, out_dir, prepared_dir, views):
 def export(model_path, out, prepared_dir, fp16, card_path):
     """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
     from skinlesion.card import write_model_card
-    from skinlesion.export import export_with_checks
-    from skinlesion.referral import describe_referral
+    from skinlesion.export import describe_export, export_with_checks
 
     report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16))
-    click.echo(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
-               f"{report['parity_images']} real images: max |logit difference| {report['parity_max_abs_diff']:.2e}")
-    click.echo(f"recorded the photos it was trained and validated on from {report['recorded_from']}")
-    if "validation" in report:
-        v = report["validation"]
-        click.echo(f"float16 weights: validation balanced accuracy {v['balanced_accuracy_onnx']:.4f} vs "
-                   f"{v['balanced_accuracy_pytorch']:.4f} in PyTorch; same top class for {v['agreement']:.1%} "
-                   f"of {v['images']} images")
-    rule = report["referral"]
-    if rule:
-        for split in ("val", "test"):
-            if split in rule:
-                click.echo(f"{split}: {describe_referral(rule['threshold'], rule[split], report['classes'])}")
-    else:
-        click.echo("no referral threshold: validation needs photos of benign and of non-benign classes")
+    click.echo("\n".join(describe_export(report)))
     if card_path:
         click.echo(f"model card: {write_model_card(out, card_path)}")
 
@@ -242,9 +227,9 @@ def export(model_path, out, prepared_dir, fp16, card_path):
 @click.option("--batch-size", default=32, show_default=True)
 def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
-    from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES
-    from skinlesion.guard import is_uncertain
     from collections import Counter
+
+    from skinlesion.classes import CODES, ISIC2018_CODES
 
     from skinlesion.predict import Predictor, image_files
 
@@ -273,12 +258,7 @@ def predict(inputs, model_path, output, output_format, batch_size):
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:
         for name, probs, _ in rows:
-            top = max(probs, key=probs.get)
-            # As the web app flags them: a benign answer that still refers (referral.py), an unsure one.
-            flag = "  have it checked: cancer not ruled out" if (BY_CODE[top].risk == "benign"
-                                                                and predictor.refers(probs)[1]) else ""
-            flag += "  uncertain" if is_uncertain(probs[top]) else ""
-            click.echo(f"{name:32s} {top:5s} {probs[top]:6.1%}  {BY_CODE[top].name} ({BY_CODE[top].risk}){flag}")
+            click.echo(predictor.table_row(name, probs))
     seen = Counter(met for _, _, met in rows)
     if seen["train"] or seen["val"]:
         click.echo(f"note: the model trained on {seen['train']} and validated on {seen['val']} of these {len(rows)} "

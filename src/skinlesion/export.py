@@ -16,7 +16,7 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, data_record, load_prepared, photo_hashes
-from skinlesion.referral import fit_referral, referral_scores
+from skinlesion.referral import describe_referral, fit_referral, referral_scores
 from skinlesion.seen import SEEN_KEY, joined_seen_record, seen_before
 
 
@@ -144,6 +144,23 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
     report["referral"] = add_referral(Path(out), prepared)
     return report
+
+
+def describe_export(report: dict) -> list[str]:
+    """Say what export_with_checks wrote and how its checks and referral rule came out."""
+    lines = [f"wrote {report['onnx']} ({report['bytes'] / 1e6:.1f} MB); parity with PyTorch on "
+             f"{report['parity_images']} real images: max |logit difference| {report['parity_max_abs_diff']:.2e}",
+             f"recorded the photos it was trained and validated on from {report['recorded_from']}"]
+    if "validation" in report:
+        v = report["validation"]
+        lines.append(f"float16 weights: validation balanced accuracy {v['balanced_accuracy_onnx']:.4f} vs "
+                     f"{v['balanced_accuracy_pytorch']:.4f} in PyTorch; same top class for {v['agreement']:.1%} "
+                     f"of {v['images']} images")
+    rule = report["referral"]
+    if not rule:
+        return lines + ["no referral threshold: validation needs photos of benign and of non-benign classes"]
+    return lines + [f"{split}: {describe_referral(rule['threshold'], rule[split], report['classes'])}"
+                    for split in ("val", "test") if split in rule]
 
 
 def add_referral(onnx_path: Path, prepared: Prepared) -> dict | None:

@@ -90,6 +90,16 @@ class Predictor:
             return total, total >= self.referral["threshold"]
         return total, BY_CODE[max(probabilities, key=probabilities.get)].risk != "benign"
 
+    def table_row(self, name: str, probabilities: dict) -> str:
+        """Render one photo's answer as `predict` prints it, flagged as the web page flags it: a benign answer the
+        referral rule still sends on, an unsure one."""
+        top = max(probabilities, key=probabilities.get)
+        lesion = BY_CODE[top]
+        flags = "  have it checked: cancer not ruled out" if (lesion.risk == "benign"
+                                                              and self.refers(probabilities)[1]) else ""
+        flags += "  uncertain" if is_uncertain(probabilities[top]) else ""
+        return f"{name:32s} {top:5s} {probabilities[top]:6.1%}  {lesion.name} ({lesion.risk}){flags}"
+
     def as_isic2018(self, probabilities: dict) -> dict:
         """Turn probabilities over the ISIC 2019 classes into ISIC 2018's seven (AKIEC = AK or SCC).
 
