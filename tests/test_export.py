@@ -43,13 +43,15 @@ def test_export_fits_the_referral_threshold_on_validation_through_the_file_and_s
     assert rule["classes"] == ["MEL", "BCC", "AK", "SCC"] and rule["target_sensitivity"] == 0.95
     assert rule["val"]["sensitivity"] >= 0.95 and rule["val"]["images"] == len(prepared.split("val"))
     assert rule["test"]["images"] == len(prepared.split("test")) and 0 <= rule["test"]["specificity"] <= 1
-    # The threshold is the highest that refers 95%: the file's own validation probabilities just reach it.
+    # The threshold is the highest that refers 95%: one of the file's own validation photos just reaches it (or,
+    # at 1.0, the top class alone refers 95%).
     from skinlesion.predict import Predictor
-    from skinlesion.referral import concern
-    rows = prepared.split("val")
+    from skinlesion.referral import concern, refers
+    rows, classes = prepared.split("val"), Predictor(tiny_onnx).classes
     probs, _ = Predictor(tiny_onnx).run(prepared.pixels[rows["cache_row"].to_numpy()])
     positive = rows["label"].isin(rule["classes"]).to_numpy()
-    assert np.isclose(concern(probs, Predictor(tiny_onnx).classes)[positive], rule["threshold"], atol=1e-6).any()
+    reached = np.isclose(concern(probs, classes)[positive], rule["threshold"], atol=1e-6).any()
+    assert reached or (rule["threshold"] == 1.0 and refers(probs, classes, np.inf)[positive].mean() >= 0.95)
 
 
 def test_dynamic_batch_axis(tiny_onnx, prepared32):

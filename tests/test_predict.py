@@ -134,19 +134,22 @@ def test_assess_gives_probabilities_risk_and_a_heatmap(tiny_onnx, image_folder):
 def test_an_answer_refers_by_the_cards_threshold_or_else_by_its_top_class(tiny_onnx, image_folder):
     predictor = Predictor(tiny_onnx)
     rule = predictor.referral  # fitted on validation at export (referral.py)
-    assert rule["classes"] == ["MEL", "BCC", "AK", "SCC"] and 0 < rule["threshold"] < 1
+    assert rule["classes"] == ["MEL", "BCC", "AK", "SCC"] and 0 < rule["threshold"] <= 1
     photo = sorted(image_folder.glob("ISIC_*.jpg"))[0]
     result = predictor.assess(photo.read_bytes())
     assert result.concern == pytest.approx(sum(result.probabilities[c] for c in rule["classes"]))
-    assert result.refer == (result.concern >= rule["threshold"])
-    for threshold, refer in ((0.0, True), (1.01, False)):
+    assert result.refer == (result.concern >= rule["threshold"] or result.risk != "benign")
+    for threshold in (0.0, 1.01):  # 0: every answer refers; 1.01: only a cancer or pre-cancer as the top class
         predictor.referral = {**rule, "threshold": threshold}
-        assert predictor.assess(photo.read_bytes()).refer is refer
+        result = predictor.assess(photo.read_bytes())
+        assert result.refer is (threshold == 0.0 or result.risk != "benign")
     predictor.referral = None  # a file exported before the rule: the top class's risk group decides
     result = predictor.assess(photo.read_bytes())
     assert result.refer == (result.risk != "benign")
-    benign = {"NV": 0.6, "MEL": 0.3, "BCC": 0.1}
-    assert predictor.refers(benign) == (pytest.approx(0.4), False)
+    assert predictor.refers({"NV": 0.6, "MEL": 0.3, "BCC": 0.1}) == (pytest.approx(0.4), False)
+    assert predictor.refers({"NV": 0.4, "MEL": 0.35, "BKL": 0.25}) == (pytest.approx(0.35), False)
+    predictor.referral = {**rule, "threshold": 0.39}
+    assert predictor.refers({"NV": 0.6, "MEL": 0.3, "BCC": 0.1})[1] and predictor.refers({"MEL": 0.2, "NV": 0.1})[1]
 
 
 @pytest.mark.parametrize("orientation, shape", [(1, (256, 192)), (6, (192, 256))])  # 6: the camera was turned a quarter

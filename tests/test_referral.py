@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from skinlesion.referral import concern, concerning, describe_referral, describe_scores, fit_referral, referral_scores
+from skinlesion.referral import (concern, concerning, describe_referral, describe_scores, fit_referral, referral_scores,
+                                 refers)
 
 CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
 
@@ -32,11 +33,22 @@ def test_the_threshold_is_the_highest_that_refers_the_asked_share_of_cancers_and
     assert above["sensitivity"] < 0.9
     # Specificity is the benign photos left unreferred, and per class shares add up to the whole.
     scores = rule["val"]
-    referred = concern(probs, CLASSES) >= rule["threshold"]
+    referred = refers(probs, CLASSES, rule["threshold"])
     assert scores["specificity"] == pytest.approx(1 - referred[np.isin(labels, ["NV", "BKL", "DF", "VASC"])].mean())
     counts = {code: (labels == code).sum() for code in CLASSES}
     assert sum(scores["referred_per_class"][c] * counts[c] for c in CLASSES) == pytest.approx(referred.sum())
     assert "sensitivity" in describe_referral(rule["threshold"], scores, CLASSES)
+
+
+def test_a_cancer_or_pre_cancer_as_the_top_class_is_referred_at_any_threshold():
+    probs = np.array([[0.30, 0.25, 0.0, 0.0, 0.25, 0.2, 0.0, 0.0],   # MEL on top, non-benign sum 0.30
+                      [0.20, 0.50, 0.05, 0.0, 0.25, 0.0, 0.0, 0.0],  # NV on top, non-benign sum 0.25
+                      [0.0, 0.90, 0.0, 0.0, 0.10, 0.0, 0.0, 0.0]])   # NV on top, nothing else
+    assert refers(probs, CLASSES, 0.5).tolist() == [True, False, False]
+    assert refers(probs, CLASSES, 0.25).tolist() == [True, True, False]
+    # Where the top class alone refers the asked share, the threshold rises to 1 (it then refers nothing more).
+    labels = ["MEL", "NV", "NV"]
+    assert fit_referral(probs, labels, CLASSES)["threshold"] == 1.0
 
 
 def test_no_rule_without_photos_of_both_groups():

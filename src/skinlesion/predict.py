@@ -14,7 +14,7 @@ from PIL import Image
 from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
 from skinlesion.guard import cannot_assess, is_uncertain
 from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, model_input_and_hash, open_rgb
-from skinlesion.referral import concern
+from skinlesion.referral import concern, refers
 from skinlesion.seen import SEEN_KEY, SeenPhotos
 
 METADATA_KEY = "skinlesion"
@@ -84,11 +84,10 @@ class Predictor:
 
     def refers(self, probabilities: dict) -> tuple[float, bool]:
         """Return the non-benign classes' summed probability and whether the answer refers the person to a
-        dermatologist: by the card's threshold (referral.py), or, in files without one, by the top class's risk."""
-        total = float(concern(np.array([list(probabilities.values())]), list(probabilities))[0])
-        if self.referral:
-            return total, total >= self.referral["threshold"]
-        return total, BY_CODE[max(probabilities, key=probabilities.get)].risk != "benign"
+        dermatologist (referral.py): by the card's threshold, or, in files without one, by the top class alone."""
+        row, classes = np.array([list(probabilities.values())]), list(probabilities)
+        threshold = self.referral["threshold"] if self.referral else np.inf
+        return float(concern(row, classes)[0]), bool(refers(row, classes, threshold)[0])
 
     def table_row(self, name: str, probabilities: dict) -> str:
         """Render one photo's answer as `predict` prints it, flagged as the web page flags it: a benign answer the

@@ -1,9 +1,10 @@
 """The referral rule: when an answer should send the person to a dermatologist, whatever its top class. No torch.
 
 The top class alone lets too many cancers through: with the bundled model 57 of the test split's 250 melanomas
-had a benign top class (2026-12-02). So a photo is also referred when the probabilities of every class that is not
-benign (skin cancers and pre-cancers: MEL, BCC, SCC, AK) add up to a threshold, fitted on the validation split
-so that REFERRAL_SENSITIVITY of its non-benign photos are referred; the exported model carries it.
+had a benign top class (2026-12-02). So a photo is referred when its top class is not benign or
+when the probabilities of every class that is not benign (skin cancers and pre-cancers: MEL, BCC, SCC, AK) add up
+to a threshold, fitted on the validation split so that REFERRAL_SENSITIVITY of its non-benign photos are referred;
+the exported model carries it.
 """
 
 import math
@@ -26,31 +27,39 @@ def concern(probabilities: np.ndarray, classes) -> np.ndarray:
     return np.asarray(probabilities)[:, [i for i, code in enumerate(classes) if code in wanted]].sum(axis=1)
 
 
+def refers(probabilities: np.ndarray, classes, threshold: float) -> np.ndarray:
+    """Return which rows of (N, K) probabilities the rule refers: a non-benign top class, or the non-benign classes'
+    summed probability at the threshold or above: (N,) bools."""
+    top_concerns = np.isin(np.asarray(classes)[np.asarray(probabilities).argmax(axis=1)], concerning(classes))
+    return top_concerns | (concern(probabilities, classes) >= threshold)
+
+
 def fit_referral(probabilities: np.ndarray, labels, classes,
                  sensitivity: float = REFERRAL_SENSITIVITY) -> dict | None:
-    """Return the referral rule fitted on validation: the highest threshold on `concern` that refers at least
+    """Return the referral rule fitted on validation: the highest threshold at which `refers` sends on at least
     `sensitivity` of the non-benign photos (labels: class codes), with its scores there; None where validation
     lacks benign or non-benign photos (a model over one group has nothing to weigh)."""
     labels = np.asarray(labels)
     positive = np.isin(labels, concerning(classes))
     if positive.all() or not positive.any():
         return None
-    scores = np.sort(concern(probabilities, classes)[positive])[::-1]
-    threshold = float(scores[math.ceil(sensitivity * len(scores)) - 1])
+    # A photo whose top class is already a cancer or pre-cancer is referred at any threshold.
+    scores = np.where(refers(probabilities, classes, np.inf), np.inf, concern(probabilities, classes))[positive]
+    threshold = min(1.0, float(np.sort(scores)[::-1][math.ceil(sensitivity * len(scores)) - 1]))
     return {"threshold": threshold, "target_sensitivity": sensitivity, "classes": concerning(classes),
             "val": referral_scores(probabilities, labels, classes, threshold)}
 
 
 def referral_scores(probabilities: np.ndarray, labels, classes, threshold: float) -> dict:
-    """Score a referral threshold: share of non-benign photos referred (sensitivity), of benign photos not referred
-    (specificity), and of each class's photos referred."""
+    """Score the rule at a threshold: share of non-benign photos referred (sensitivity), of benign photos not
+    referred (specificity), and of each class's photos referred."""
     labels = np.asarray(labels)
-    referred = concern(probabilities, classes) >= threshold
+    referred = refers(probabilities, classes, threshold)
     positive = np.isin(labels, concerning(classes))
     return {"images": int(len(labels)),
             "sensitivity": float(referred[positive].mean()) if positive.any() else None,
             "specificity": float(1 - referred[~positive].mean()) if (~positive).any() else None,
-            "referred": float(referred.mean()),
+            "referred": float(referred.mean()) if len(labels) else 0.0,
             "referred_per_class": {code: float(referred[labels == code].mean()) for code in classes
                                    if (labels == code).any()}}
 

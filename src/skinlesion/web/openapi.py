@@ -32,9 +32,9 @@ def openapi_document(version: str) -> dict:
                                    "probability": {"type": "number"}, "probabilities": probabilities,
                                    "risk": {"type": "string", "enum": ["malignant", "pre-malignant", "benign"]},
                                    "advice": {"type": "string"}, "uncertain": {"type": "boolean"},
-                                   "refer": {"type": "boolean", "description": "see a dermatologist, whatever the "
-                                             "top class: the cancers and pre-cancers together reach the model's "
-                                             "referral threshold (or, without one, the top class is one of them)"},
+                                   "refer": {"type": "boolean", "description": "see a dermatologist: the top class is "
+                                             "a cancer or pre-cancer, or MEL, BCC, AK and SCC together reach the "
+                                             "model's referral threshold"},
                                    "concern": {"type": "number", "description": "the probabilities of MEL, BCC, "
                                                "AK and SCC added up"},
                                    "heatmap": {"type": "string", "description": "data: URL of a PNG, 256 px on its "
