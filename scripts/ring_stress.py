@@ -8,7 +8,9 @@ times half its longer side (1.0: black corners; 0.85: a ring); for a cast, each 
 cast's gain (CASTS: the light of another dermatoscope). Then the photo goes through the one loader
 (imaging.model_input, which paints over a dark border). Calibration is cross-fitted on the clean photos: fitted on
 one half of the split's clean logits, applied to the other half's logits in each condition (3 halvings, as training
-scores epochs). --factors "" or --casts "" (the default) leaves that kind out.
+scores epochs). --factors "" or --casts "" (the default) leaves that kind out. For a file with a referral rule
+(referral.py), each condition also reports the rule's sensitivity and specificity as the file serves it (its own
+calibration and threshold, fitted on clean validation photos).
 """
 
 import argparse
@@ -19,10 +21,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from skinlesion.calibration import cross_fitted_decisions
+from skinlesion.calibration import calibrated, cross_fitted_decisions
 from skinlesion.evaluate import resolve_model, saved_model_logits
 from skinlesion.imaging import model_input, open_rgb
 from skinlesion.metrics import balanced_accuracy
+from skinlesion.referral import referral_scores
 
 
 # Per-channel (R, G, B) gains of a moderate colour cast: other dermatoscopes' light, as seen in the ISIC archive.
@@ -92,6 +95,11 @@ def main():
         per_class = dict(zip(meta["classes"], recalls.mean(0).round(3).tolist()))
         results.append({"condition": condition, "bacc": round(float(recalls.mean()), 3),
                         "raw top class": round(raw, 3), **per_class})
+        if meta.get("referral"):
+            rule = referral_scores(calibrated(logits, meta), rows["label"].to_numpy(), meta["classes"],
+                                   meta["referral"]["threshold"])
+            results[-1].update({"referral sensitivity": round(rule["sensitivity"], 3),
+                                "specificity": round(rule["specificity"], 3)})
         print(json.dumps(results[-1]), flush=True)
     print(pd.DataFrame(results).to_string(index=False))
 

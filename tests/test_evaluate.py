@@ -63,6 +63,7 @@ def test_ring_stress_scores_a_model_on_clean_ringed_and_colour_cast_photos(tiny_
     for row in rows:
         recalls = [row[c] for c in ("MEL", "NV", "BCC", "AK", "BKL", "SCC")]
         assert 0 <= min(recalls) and max(recalls) <= 1 and row["bacc"] == pytest.approx(sum(recalls) / 6, abs=2e-3)
+        assert 0 <= row["referral sensitivity"] <= 1 and 0 <= row["specificity"] <= 1  # the file's referral rule
     assert rows[0] != rows[1] and rows[0] != rows[2]  # black corners and a cast change what the network sees
     wrong = subprocess.run([sys.executable, str(script), str(tiny_onnx), str(prepared32), "--casts", "green"],
                            capture_output=True, text=True)
