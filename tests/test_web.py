@@ -72,7 +72,7 @@ def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):
 @pytest.mark.parametrize("threshold", [0.0, 1.01])
 def test_a_benign_answer_asks_for_a_check_when_the_referral_rule_says_so(app, lesion_jpeg, threshold):
     predictor = app.extensions["predictor"]
-    predictor.referral = {**predictor.referral, "threshold": threshold}  # 0: every answer refers; 1.01: none
+    predictor.referral = {**predictor.referral, "threshold": threshold}  # 0: all refer; 1.01: cancer on top only
     body = post(app.test_client(), lesion_jpeg).json
     assert body["refer"] is (threshold == 0.0 or body["risk"] != "benign")
     checked = "too much to rule them out. Please have it checked by a dermatologist." in body["advice"]
