@@ -107,3 +107,18 @@ def test_add_referral_gives_an_older_file_the_rule_export_would_have_fitted(tiny
     assert "val: referral (MEL+BCC+AK+SCC >= " in done.stdout and "test: referral (" in done.stdout
     assert read_card(older)["referral"] == read_card(tiny_onnx)["referral"]
     assert "- Referral: whatever the top class" in (tmp_path / "MODEL_CARD.md").read_text()  # rendered again
+    # A clinic that accepts more missed cancers for fewer referrals refits it: a threshold no lower, the target met.
+    done = subprocess.run([sys.executable, str(script), str(older), str(prepared32), "--sensitivity", "0.8"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rule, before = read_card(older)["referral"], read_card(tiny_onnx)["referral"]
+    assert rule["target_sensitivity"] == 0.8 and rule["val"]["sensitivity"] >= 0.8
+    assert rule["threshold"] >= before["threshold"] and rule["val"]["referred"] <= before["val"]["referred"]
+    assert "80% of the validation split's photos of those classes" in (tmp_path / "MODEL_CARD.md").read_text()
+    done = subprocess.run([sys.executable, str(script), str(older), str(prepared32), "--sensitivity", "95"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "error: referral sensitivity 95.0: give the share" in done.stderr
+    refused = CliRunner().invoke(main, ["export", str(tiny_onnx.parent), "--out", str(tmp_path / "no.onnx"),
+                                        "--referral-sensitivity", "1.5"])
+    assert refused.exit_code == 1 and "Error: referral sensitivity 1.5: give the share" in refused.output
+    assert not (tmp_path / "no.onnx").exists()

@@ -1,12 +1,15 @@
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from skinlesion.cache import CacheConfig
 from skinlesion.cli import main
 from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
-from skinlesion.prepare import load_prepared
+from skinlesion.prepare import PrepareConfig, load_prepared, prepare
+from skinlesion.splits import BALANCE_PRESETS, SplitConfig
 
 
 def run_prepare(*args):
@@ -30,12 +33,26 @@ def test_prepare_on_the_real_sample_writes_a_reproducible_manifest(shared_data, 
     again = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32)
     assert "cache reused" in again.output
     assert pd.read_csv(tmp_path / "p" / "splits.csv", keep_default_na=False).equals(manifest)
+    # Another split, or another size, into the same folder would pull the split or pixels from under the runs
+    # trained from it: refused, and the folder is left as it was.
+    written = {name: (tmp_path / "p" / name).read_bytes() for name in ("splits.csv", "prepared.json")}
     paper = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--protocol", "paper")
-    assert "cache reused" in paper.output
-    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["lesions_across_splits"] > 100
-    fold = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--folds", 5, "--fold", 2)
-    assert "cache reused" in fold.output and "lesions with images in more than one split: 0" in fold.output
-    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["config"]["split"]["fold"] == 2
+    assert paper.exit_code == 1 and "Traceback" not in paper.output, paper.output
+    assert f"{tmp_path / 'p'} already holds another split of these photos (" in paper.output
+    assert f"prepare into another --out, or delete {tmp_path / 'p'} first to replace it" in paper.output
+    other_size = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 48)
+    assert other_size.exit_code == 1
+    assert "already holds photos prepared at 32 px (squash), not 48 px" in other_size.output
+    assert not (tmp_path / "p" / "cache" / "pixels-48-squash.npy").exists()
+    assert {name: (tmp_path / "p" / name).read_bytes() for name in written} == written
+    # Into their own folders, sharing the pixel cache (as `compare` does): the paper's split leaks lesions, folds not.
+    config = PrepareConfig(balance=BALANCE_PRESETS["paper"], cache=CacheConfig(size=32))
+    paper = prepare(shared_data, tmp_path / "paper", replace(config, split=SplitConfig(protocol="paper")),
+                    progress=False, cache_dir=tmp_path / "p" / "cache")
+    assert paper["cache_reused"] and paper["lesions_across_splits"] > 100
+    fold = prepare(shared_data, tmp_path / "fold", replace(config, split=SplitConfig(folds=5, fold=2)),
+                   progress=False, cache_dir=tmp_path / "p" / "cache")
+    assert fold["cache_reused"] and fold["lesions_across_splits"] == 0 and fold["config"]["split"]["fold"] == 2
     bad = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--folds", 5, "--fold", 5)
     assert bad.exit_code == 1 and "Error: --fold 5 is out of range for --folds 5; choose 0-4" in bad.output
 
@@ -86,8 +103,22 @@ def test_a_second_preparation_can_reuse_the_first_split(small_layout, tmp_path):
                        "--seed", 5).exit_code == 0
     assert not a["split"].equals(pd.read_csv(tmp_path / "c" / "splits.csv")["split"])
     a.iloc[1:].to_csv(tmp_path / "a" / "splits.csv", index=False)
-    result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--balance", "all",
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "d", "--balance", "all",
                          "--splits-from", tmp_path / "a")
     assert result.exit_code == 1 and "has no split for 1 of these images" in result.output
-    result = run_prepare("--data", small_layout, "--out", tmp_path / "b", "--splits-from", tmp_path / "nowhere")
+    result = run_prepare("--data", small_layout, "--out", tmp_path / "d", "--splits-from", tmp_path / "nowhere")
     assert result.exit_code == 1 and "no manifest to take the split from" in result.output
+
+
+def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_path):
+    args = ("--data", small_layout, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
+    assert run_prepare(*args).exit_code == 0
+    written = (tmp_path / "p" / "splits.csv").read_bytes()
+    sorted((small_layout / IMAGE_DIR).iterdir())[0].unlink()
+    result = run_prepare(*args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{tmp_path / 'p'} was prepared from other image files than these ({small_layout.resolve()} then" \
+        in result.output
+    assert (tmp_path / "p" / "splits.csv").read_bytes() == written
+    fresh = run_prepare("--data", small_layout, "--out", tmp_path / "q", "--size", 16, "--balance", "all")
+    assert fresh.exit_code == 0 and "skipped 1 problem rows or images" in fresh.output

@@ -38,6 +38,10 @@ def test_the_threshold_is_the_highest_that_refers_the_asked_share_of_cancers_and
     counts = {code: (labels == code).sum() for code in CLASSES}
     assert sum(scores["referred_per_class"][c] * counts[c] for c in CLASSES) == pytest.approx(referred.sum())
     assert "sensitivity" in describe_referral(rule["threshold"], scores, CLASSES)
+    # A target that is not a share of photos is refused, naming it.
+    for target in (0.0, 1.5, 95.0):
+        with pytest.raises(ValueError, match=f"referral sensitivity {target}: give the share"):
+            fit_referral(probs, labels, CLASSES, sensitivity=target)
 
 
 def test_a_cancer_or_pre_cancer_as_the_top_class_is_referred_at_any_threshold():

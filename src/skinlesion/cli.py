@@ -7,6 +7,7 @@ import pandas as pd
 
 from skinlesion.classes import parse_codes
 from skinlesion.imaging import RESIZE_POLICIES
+from skinlesion.referral import REFERRAL_SENSITIVITY
 from skinlesion.splits import BALANCE_PRESETS, PROTOCOLS, SPLITS
 
 
@@ -205,12 +206,15 @@ def ensemble(runs, out_dir, prepared_dir, views):
               "the validation split against PyTorch.")
 @click.option("--card", "card_path", type=click.Path(path_type=Path), default=None,
               help="Also write a markdown model card rendered from the model's metadata.")
-def export(model_path, out, prepared_dir, fp16, card_path):
+@click.option("--referral-sensitivity", type=float, default=REFERRAL_SENSITIVITY,
+              show_default=True, help="Share of the validation split's cancers and pre-cancers the referral rule "
+              "must send to a dermatologist; its threshold is fitted for it.")
+def export(model_path, out, prepared_dir, fp16, card_path, referral_sensitivity):
     """Export a run or model.pt to ONNX with its metadata, checked against PyTorch on real images."""
     from skinlesion.card import write_model_card
     from skinlesion.export import describe_export, export_with_checks
 
-    report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16))
+    report = fail_cleanly(lambda: export_with_checks(model_path, out, prepared_dir, fp16, referral_sensitivity))
     click.echo("\n".join(describe_export(report)))
     if card_path:
         click.echo(f"model card: {write_model_card(out, card_path)}")

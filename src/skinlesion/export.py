@@ -16,7 +16,8 @@ from skinlesion.metrics import balanced_accuracy
 from skinlesion.models import Classifier, Ensemble, load_model
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, data_record, load_prepared, photo_hashes
-from skinlesion.referral import describe_referral, fit_referral, referral_scores
+from skinlesion.referral import (REFERRAL_SENSITIVITY, check_sensitivity, describe_referral, fit_referral,
+                                 referral_scores)
 from skinlesion.seen import SEEN_KEY, joined_seen_record, seen_before
 
 
@@ -123,8 +124,11 @@ def halve_weights(onnx_model) -> None:
     graph.node.extend(nodes)
 
 
-def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, fp16: bool) -> dict:
-    """Export with parity checked on validation images; with fp16, also score the file on all of validation."""
+def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, fp16: bool,
+                       referral_sensitivity: float = REFERRAL_SENSITIVITY) -> dict:
+    """Export with parity checked on validation images; with fp16, also score the file on all of validation; fit the
+    referral rule (add_referral) for that share of validation's cancers and pre-cancers."""
+    check_sensitivity(referral_sensitivity)  # before minutes of work
     model_file = resolve_model(model_path)
     model, meta = load_model(model_file)
     trained_on = Path(meta.get("prepared", ""))
@@ -142,7 +146,7 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     if fp16:
         report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
         add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
-    report["referral"] = add_referral(Path(out), prepared)
+    report["referral"] = add_referral(Path(out), prepared, referral_sensitivity)
     return report
 
 
@@ -163,7 +167,7 @@ def describe_export(report: dict) -> list[str]:
                     for split in ("val", "test") if split in rule]
 
 
-def add_referral(onnx_path: Path, prepared: Prepared) -> dict | None:
+def add_referral(onnx_path: Path, prepared: Prepared, sensitivity: float = REFERRAL_SENSITIVITY) -> dict | None:
     """Fit the referral rule (referral.py) on the validation split through the exported file itself, so it holds for
     the file's own probabilities; score it on the test split; add both to the file's card."""
     scored = {}
@@ -177,7 +181,7 @@ def add_referral(onnx_path: Path, prepared: Prepared) -> dict | None:
                           hashes=photo_hashes(prepared.out_dir))[0]
         if (~met).any():
             scored[split] = (calibrated(logits[~met], card), rows["label"].to_numpy()[~met])
-    rule = fit_referral(*scored["val"], card["classes"]) if "val" in scored else None
+    rule = fit_referral(*scored["val"], card["classes"], sensitivity) if "val" in scored else None
     if rule and "test" in scored:
         rule["test"] = referral_scores(*scored["test"], card["classes"], rule["threshold"])
     if rule:

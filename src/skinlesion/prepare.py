@@ -1,5 +1,6 @@
 """The data stage end to end: read -> cache -> split/balance -> manifest (splits.csv + prepared.json)."""
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
+from skinlesion.cache import CacheConfig, build_cache, fingerprint, near_duplicate_pairs
 from skinlesion.classes import CODES
 from skinlesion.imaging import NEAR_DUPLICATE_BITS
 from skinlesion.isic import read_isic
@@ -18,6 +19,7 @@ MANIFEST = "splits.csv"
 PREPARED_JSON = "prepared.json"
 PROBLEMS_CSV = "problems.csv"
 NEAR_DUPLICATES_CSV = "near_duplicates.csv"
+REPLACE_FIX = "prepare into another --out, or delete {out_dir} first to replace it"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     isic = read_isic(Path(data_dir))
+    refuse_other_photos(out_dir, config.cache, isic.images["path"].tolist())
     cache_dir = Path(cache_dir).resolve() if cache_dir else out_dir / "cache"
     cache = build_cache(isic.images, cache_dir, config.cache, progress=progress)
     problems = list(isic.problems)
@@ -69,7 +72,9 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
         table["split"] = splits_unseen_by(table, seen, result.classes, hashes)
     elif config.split.splits_from:
         table["split"] = reused_splits(table, source, result.classes)
-    table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(out_dir / MANIFEST, index=False)
+    manifest = table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(index=False)
+    refuse_other_split(out_dir, manifest)
+    (out_dir / MANIFEST).write_text(manifest)
     pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
     cross = cross_split_pairs(table, pairs)
     cross.to_csv(out_dir / NEAR_DUPLICATES_CSV, index=False)
@@ -94,6 +99,36 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     }
     (out_dir / PREPARED_JSON).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def refuse_other_photos(out_dir: Path, cache: CacheConfig, paths: list[str]) -> None:
+    """Refuse, before any pixel is written, to prepare over a folder that holds photos at another size or from other
+    image files: runs trained from a folder read its pixels and split there (runs.py, seen.py)."""
+    if not (out_dir / PREPARED_JSON).is_file():
+        return
+    summary = json.loads((out_dir / PREPARED_JSON).read_text())
+    if (summary["size"], summary["policy"]) != (cache.size, cache.policy):
+        raise ValueError(f"{out_dir} already holds photos prepared at {summary['size']} px ({summary['policy']}), "
+                         f"not {cache.size} px ({cache.policy}); {REPLACE_FIX.format(out_dir=out_dir)}")
+    cache_meta = (out_dir / summary["cache"]).with_suffix(".json")  # "cache" may be absolute (a shared cache)
+    if cache_meta.is_file() and json.loads(cache_meta.read_text()).get("fingerprint") != fingerprint(paths, cache):
+        raise ValueError(f"{out_dir} was prepared from other image files than these ({summary['data']} then; files "
+                         f"since added, removed or changed) or by another version of skinlesion's image loader; "
+                         f"{REPLACE_FIX.format(out_dir=out_dir)}")
+
+
+def refuse_other_split(out_dir: Path, manifest: str) -> None:
+    """Refuse to write a manifest (as CSV text) over a different one: a run trained from this folder would find
+    another split in it, and be scored on photos it trained on."""
+    path = out_dir / MANIFEST
+    if not path.is_file() or path.read_text() == manifest:
+        return
+    old, new = (pd.read_csv(source, dtype=str, keep_default_na=False).set_index("image")["split"]
+                for source in (path, io.StringIO(manifest)))
+    moved = int((old.reindex(new.index) != new).sum())
+    raise ValueError(f"{out_dir} already holds another split of these photos ({moved} of {len(new)} would change "
+                     f"split), and runs trained from it read their split there; "
+                     f"{REPLACE_FIX.format(out_dir=out_dir)}")
 
 
 def reused_splits(table: pd.DataFrame, earlier_dir: Path, classes) -> pd.Series:

@@ -34,11 +34,19 @@ def refers(probabilities: np.ndarray, classes, threshold: float) -> np.ndarray:
     return top_concerns | (concern(probabilities, classes) >= threshold)
 
 
+def check_sensitivity(sensitivity: float) -> None:
+    """Refuse a referral target that is not a share of photos (above 0, at most 1)."""
+    if not 0 < sensitivity <= 1:
+        raise ValueError(f"referral sensitivity {sensitivity}: give the share of the cancers and pre-cancers to "
+                         f"refer, above 0 and at most 1 (e.g. 0.95)")
+
+
 def fit_referral(probabilities: np.ndarray, labels, classes,
                  sensitivity: float = REFERRAL_SENSITIVITY) -> dict | None:
     """Return the referral rule fitted on validation: the highest threshold at which `refers` sends on at least
     `sensitivity` of the non-benign photos (labels: class codes), with its scores there; None where validation
     lacks benign or non-benign photos (a model over one group has nothing to weigh)."""
+    check_sensitivity(sensitivity)
     labels = np.asarray(labels)
     positive = np.isin(labels, concerning(classes))
     if positive.all() or not positive.any():
