@@ -47,6 +47,21 @@ def test_predict_folder_writes_an_isic_submission_and_reports_skips(tiny_onnx, i
     assert "broken.jpg: not a readable image" in result.output
 
 
+def test_predict_says_which_folder_holds_no_photos_and_where_they_may_be(tiny_onnx, image_folder, tmp_path):
+    layout = tmp_path / "layout"  # the official layout's top folder: photos one level down
+    (layout / "ISIC_2019_Training_Input").mkdir(parents=True)
+    (layout / "empty").mkdir()
+    result = CliRunner().invoke(main, ["predict", str(layout), str(layout / "empty"), str(image_folder),
+                                       "--model", str(tiny_onnx)])
+    assert result.exit_code == 0, result.output  # the photos given are still answered
+    assert f"skipped {layout}: no image files in this folder; it has folders (ISIC_2019_Training_Input, empty): " \
+        f"pass the one that holds the photos" in result.output
+    assert f"skipped {layout / 'empty'}: no image files in this folder\n" in result.output
+    assert f"skipped {image_folder}:" not in result.output and result.output.count("ISIC_00244") == 5
+    alone = CliRunner().invoke(main, ["predict", str(layout / "empty"), "--model", str(tiny_onnx)])
+    assert alone.exit_code == 1 and "Error: no readable image among 1 input(s)" in alone.output
+
+
 def test_predict_reads_the_formats_dermatoscope_software_exports(tiny_onnx, image_folder, tmp_path):
     photo = Image.open(sorted(image_folder.glob("ISIC_*.jpg"))[0])
     folder = tmp_path / "exports"

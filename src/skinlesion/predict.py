@@ -157,12 +157,18 @@ def image_files(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
     files, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
+            found = len(files)
             for path in sorted(item.iterdir()):
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(path)
                 elif path.is_file():
                     suffixes = ", ".join(IMAGE_SUFFIXES)
                     problems.append({"path": str(path), "problem": f"not an image file (suffix not one of {suffixes})"})
+            if len(files) == found:  # folders are not searched below their top level: say so where it matters
+                inner = sorted(path.name for path in item.iterdir() if path.is_dir())
+                where = f"; it has folders ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}): pass the " \
+                        f"one that holds the photos" if inner else ""
+                problems.append({"path": str(item), "problem": f"no image files in this folder{where}"})
         elif item.is_file():
             files.append(item)
         else:
