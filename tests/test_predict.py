@@ -78,7 +78,7 @@ def test_predict_reads_the_formats_dermatoscope_software_exports(tiny_onnx, imag
 
 def test_predict_writes_isic_2018_classes_that_the_official_scorer_accepts(tiny_onnx, small_layout, tmp_path):
     folder, runs = small_layout / IMAGE_DIR, {}
-    for name in ("isic2019", "isic2018"):
+    for name in ("isic2019", "isic2018", "isic2019-unk"):
         runs[name] = tmp_path / f"{name}.csv"
         args = ["predict", str(folder), "--model", str(tiny_onnx), "--output", str(runs[name]), "--format", name]
         result = CliRunner().invoke(main, args)
@@ -95,6 +95,18 @@ def test_predict_writes_isic_2018_classes_that_the_official_scorer_accepts(tiny_
     out = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification", str(tmp_path / "truth2018.csv"),
                           str(runs["isic2018"])], capture_output=True, text=True, check=True).stdout
     assert 0 <= json.loads(out)["aggregate"]["balanced_accuracy"] <= 1
+    # The ISIC 2019 test set's truth has a ninth class, UNK, which the model never gives.
+    unk = pd.read_csv(runs["isic2019-unk"])
+    assert list(unk.columns) == [*old.columns, "UNK"] and (unk["UNK"] == 0).all()
+    assert unk[old.columns].equals(old)
+    truth2019 = pd.read_csv(small_layout / GROUND_TRUTH_CSV)
+    truth2019.loc[0, truth2019.columns[1:]] = 0.0
+    truth2019.loc[0, "UNK"] = 1.0  # one photo of an unknown kind, so that the scorer has a UNK to count
+    truth2019.to_csv(tmp_path / "truth2019.csv", index=False)
+    out = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification", str(tmp_path / "truth2019.csv"),
+                          str(runs["isic2019-unk"])], capture_output=True, text=True, check=True).stdout
+    recall = json.loads(out)["per_category"]["sensitivity"]
+    assert list(recall) == [*old.columns[1:], "UNK"] and recall["UNK"] == 0.0
 
 
 def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):

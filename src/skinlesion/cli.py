@@ -226,14 +226,15 @@ def export(model_path, out, prepared_dir, fp16, card_path, referral_sensitivity)
               help="An .onnx file from 'skinlesion export' (default: the bundled model).")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Write an ISIC submission CSV (image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC) instead of a table.")
-@click.option("--format", "output_format", type=click.Choice(["isic2019", "isic2018"]), default="isic2019",
-              show_default=True, help="Classes of the --output CSV; isic2018: MEL,NV,BCC,AKIEC,BKL,DF,VASC.")
+@click.option("--format", "output_format", type=click.Choice(["isic2019", "isic2019-unk", "isic2018"]),
+              default="isic2019", show_default=True, help="Classes of the --output CSV; isic2019-unk adds the ISIC "
+              "2019 test set's UNK (none of the others) as 0; isic2018: MEL,NV,BCC,AKIEC,BKL,DF,VASC.")
 @click.option("--batch-size", default=32, show_default=True)
 def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from collections import Counter
 
-    from skinlesion.classes import CODES, ISIC2018_CODES
+    from skinlesion.classes import CODES, ISIC2018_CODES, UNKNOWN_CODE
 
     from skinlesion.predict import Predictor, image_files
 
@@ -257,6 +258,9 @@ def predict(inputs, model_path, output, output_format, batch_size):
         columns = CODES
         if output_format == "isic2018":
             rows, columns = [(name, predictor.as_isic2018(probs), met) for name, probs, met in rows], ISIC2018_CODES
+        elif output_format == "isic2019-unk":  # the model knows no such class, so it calls no photo unknown
+            rows, columns = [(name, {**probs, UNKNOWN_CODE: 0.0}, met) for name, probs, met in rows], \
+                (*CODES, UNKNOWN_CODE)
         frame = pd.DataFrame([{"image": name, **probs} for name, probs, _ in rows], columns=["image", *columns])
         fail_cleanly(lambda: frame.to_csv(output, index=False, float_format="%.6f"))
         click.echo(f"wrote {len(rows)} predictions to {output}")
