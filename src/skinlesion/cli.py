@@ -234,9 +234,7 @@ def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from collections import Counter
 
-    from skinlesion.classes import CODES, ISIC2018_CODES, UNKNOWN_CODE
-
-    from skinlesion.predict import Predictor, image_files
+    from skinlesion.predict import SUBMISSION_COLUMNS, Predictor, image_files
 
     if output_format != "isic2019" and not output:
         raise click.UsageError(f"--format {output_format} sets the classes of the --output CSV; add --output FILE")
@@ -255,13 +253,8 @@ def predict(inputs, model_path, output, output_format, batch_size):
     if not rows:  # a mistyped folder must not pass for an empty result
         raise click.ClickException(f"no readable image among {len(inputs)} input(s); nothing predicted or written")
     if output:
-        columns = CODES
-        if output_format == "isic2018":
-            rows, columns = [(name, predictor.as_isic2018(probs), met) for name, probs, met in rows], ISIC2018_CODES
-        elif output_format == "isic2019-unk":  # the model knows no such class, so it calls no photo unknown
-            rows, columns = [(name, {**probs, UNKNOWN_CODE: 0.0}, met) for name, probs, met in rows], \
-                (*CODES, UNKNOWN_CODE)
-        frame = pd.DataFrame([{"image": name, **probs} for name, probs, _ in rows], columns=["image", *columns])
+        frame = pd.DataFrame([{"image": name, **predictor.submission_row(probs, output_format)}
+                              for name, probs, _ in rows], columns=["image", *SUBMISSION_COLUMNS[output_format]])
         fail_cleanly(lambda: frame.to_csv(output, index=False, float_format="%.6f"))
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED
+from skinlesion.classes import BY_CODE, CODES, ISIC2018_CODES, ISIC2018_MERGED, UNKNOWN_CODE
 from skinlesion.guard import cannot_assess, is_uncertain
 from skinlesion.imaging import IMAGE_SUFFIXES, ImageError, model_input_and_hash, open_rgb
 from skinlesion.referral import concern, refers
@@ -19,6 +19,11 @@ from skinlesion.seen import SEEN_KEY, SeenPhotos
 
 METADATA_KEY = "skinlesion"
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
+
+
+# The classes of each ISIC submission CSV `predict --output` writes: ISIC 2019's eight; the same with the ISIC 2019
+# test set's UNK ("none of the others"), whose truth has that ninth column; ISIC 2018's seven.
+SUBMISSION_COLUMNS = {"isic2019": CODES, "isic2019-unk": (*CODES, UNKNOWN_CODE), "isic2018": ISIC2018_CODES}
 
 
 @dataclass
@@ -98,6 +103,14 @@ class Predictor:
                                                               and self.refers(probabilities)[1]) else ""
         flags += "  uncertain" if is_uncertain(probabilities[top]) else ""
         return f"{name:32s} {top:5s} {probabilities[top]:6.1%}  {lesion.name} ({lesion.risk}){flags}"
+
+    def submission_row(self, probabilities: dict, output_format: str) -> dict:
+        """Return one photo's row of an ISIC submission CSV in SUBMISSION_COLUMNS[output_format]'s classes."""
+        if output_format == "isic2018":
+            return self.as_isic2018(probabilities)
+        if output_format == "isic2019-unk":  # the model knows no such class, so it calls no photo unknown
+            return {**probabilities, UNKNOWN_CODE: 0.0}
+        return probabilities
 
     def as_isic2018(self, probabilities: dict) -> dict:
         """Turn probabilities over the ISIC 2019 classes into ISIC 2018's seven (AKIEC = AK or SCC).
