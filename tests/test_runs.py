@@ -1,14 +1,19 @@
 """The run folder's guards (skinlesion.runs), driven through `skinlesion train` as a user meets them."""
 
+import json
 import shutil
 
 from click.testing import CliRunner
 
+from skinlesion.cache import CacheConfig
 from skinlesion.cli import main
+from skinlesion.prepare import PrepareConfig, prepare
+from skinlesion.splits import BALANCE_PRESETS
 from test_training import train_args
 
 
-def test_a_resume_with_other_settings_or_data_is_refused_but_a_moved_copy_of_the_data_is_not(prepared32, tmp_path):
+def test_a_resume_with_other_settings_or_data_is_refused_but_a_moved_copy_of_the_data_is_not(shared_data, prepared32,
+                                                                                             tmp_path):
     data, moved, run = tmp_path / "data", tmp_path / "moved", tmp_path / "run"
     shutil.copytree(prepared32, data)
     args = ("--epochs", 1, "--limit-train-batches", 2)
@@ -20,6 +25,12 @@ def test_a_resume_with_other_settings_or_data_is_refused_but_a_moved_copy_of_the
     shutil.copytree(data, moved)
     result = CliRunner().invoke(main, train_args(moved, run, *args, "--accelerator", "cpu", "--resume"))
     assert result.exit_code == 0, result.output
+    # Prepared again in place with the same settings (as the build scripts do before they resume): the same data.
+    summary = prepare(shared_data, moved, PrepareConfig(balance=BALANCE_PRESETS["paper"], cache=CacheConfig(size=32)),
+                      progress=False)
+    assert summary["cache_reused"] and not json.loads((prepared32 / "prepared.json").read_text())["cache_reused"]
+    result = CliRunner().invoke(main, train_args(moved, run, *args, "--resume"))
+    assert result.exit_code == 0, result.output
     # The same folder prepared again with another split is other data, though its path is the same.
     (data / "splits.csv").write_text((data / "splits.csv").read_text().replace(",train", ",val", 1))
     result = CliRunner().invoke(main, train_args(data, run, *args, "--resume"))
@@ -30,11 +41,10 @@ def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_o
                                                                                             tmp_path):
     import torch
 
-    from skinlesion.cache import CacheConfig
     from skinlesion.models import create_model, load_model
-    from skinlesion.prepare import PrepareConfig, load_prepared, prepare
+    from skinlesion.prepare import load_prepared
     from skinlesion.runs import start_from
-    from skinlesion.splits import BALANCE_PRESETS, SplitConfig
+    from skinlesion.splits import SplitConfig
     from skinlesion.training import TrainConfig
 
     first = tmp_path / "first"

@@ -17,10 +17,12 @@ WHERE_IT_RUNS = ("accelerator", "devices", "num_nodes")  # may change when a run
 
 
 def prepared_digest(prepared_dir: Path) -> str:
-    """Hash what a run learns from in a prepared folder besides its pixels: the split and its settings."""
-    digest = hashlib.sha256()
-    for name in ("splits.csv", "prepared.json"):
-        digest.update((prepared_dir / name).read_bytes())
+    """Hash what a run learns from in a prepared folder besides its pixels: the split and its settings (not whether
+    the last `prepare` reused the pixel cache: scripts prepare again, unchanged, before they resume)."""
+    digest = hashlib.sha256((prepared_dir / "splits.csv").read_bytes())
+    summary = json.loads((prepared_dir / "prepared.json").read_text())
+    summary.pop("cache_reused", None)
+    digest.update(json.dumps(summary, sort_keys=True).encode())
     return digest.hexdigest()
 
 
