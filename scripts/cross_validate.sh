@@ -20,8 +20,9 @@ SIZE=${SIZE:-128}
 for ((fold = 0; fold < FOLDS; fold++)); do
     prepared="$WORK/prepared-fold$fold"
     run="$WORK/run-fold$fold"
+    # One pixel cache for every fold: the same photos at one size, decoded once.
     skinlesion prepare --data "$DATA" --out "$prepared" --balance all --size "$SIZE" --resize squash \
-        --folds "$FOLDS" --fold "$fold"
+        --folds "$FOLDS" --fold "$fold" --cache-dir "$WORK/cache"
     if [ ! -f "$run/model.pt" ]; then
         resume=""
         [ -f "$run/checkpoints/last.ckpt" ] && resume="--resume"

@@ -1,15 +1,13 @@
 import json
-from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from skinlesion.cache import CacheConfig
 from skinlesion.cli import main
 from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
-from skinlesion.prepare import PrepareConfig, load_prepared, prepare
-from skinlesion.splits import BALANCE_PRESETS, SplitConfig
+from skinlesion.prepare import load_prepared
 
 
 def run_prepare(*args):
@@ -43,16 +41,18 @@ def test_prepare_on_the_real_sample_writes_a_reproducible_manifest(shared_data, 
     other_size = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 48)
     assert other_size.exit_code == 1
     assert "already holds photos prepared at 32 px (squash), not 48 px" in other_size.output
-    assert not (tmp_path / "p" / "cache" / "pixels-48-squash.npy").exists()
+    assert not list((tmp_path / "p" / "cache").glob("pixels-48-*"))
     assert {name: (tmp_path / "p" / name).read_bytes() for name in written} == written
-    # Into their own folders, sharing the pixel cache (as `compare` does): the paper's split leaks lesions, folds not.
-    config = PrepareConfig(balance=BALANCE_PRESETS["paper"], cache=CacheConfig(size=32))
-    paper = prepare(shared_data, tmp_path / "paper", replace(config, split=SplitConfig(protocol="paper")),
-                    progress=False, cache_dir=tmp_path / "p" / "cache")
-    assert paper["cache_reused"] and paper["lesions_across_splits"] > 100
-    fold = prepare(shared_data, tmp_path / "fold", replace(config, split=SplitConfig(folds=5, fold=2)),
-                   progress=False, cache_dir=tmp_path / "p" / "cache")
-    assert fold["cache_reused"] and fold["lesions_across_splits"] == 0 and fold["config"]["split"]["fold"] == 2
+    # Into their own folders, sharing the pixel cache: the paper's split leaks lesions, folds do not.
+    cache = ("--cache-dir", tmp_path / "p" / "cache")
+    paper = run_prepare("--data", shared_data, "--out", tmp_path / "paper", "--size", 32, "--protocol", "paper", *cache)
+    assert "cache reused" in paper.output
+    assert json.loads((tmp_path / "paper" / "prepared.json").read_text())["lesions_across_splits"] > 100
+    fold = run_prepare("--data", shared_data, "--out", tmp_path / "fold", "--size", 32, "--folds", 5, "--fold", 2,
+                       *cache)
+    assert "cache reused" in fold.output and "lesions with images in more than one split: 0" in fold.output
+    assert json.loads((tmp_path / "fold" / "prepared.json").read_text())["config"]["split"]["fold"] == 2
+    assert not (tmp_path / "paper" / "cache").exists() and len(list((tmp_path / "p" / "cache").glob("*.npy"))) == 1
     bad = run_prepare("--data", shared_data, "--out", tmp_path / "p", "--size", 32, "--folds", 5, "--fold", 5)
     assert bad.exit_code == 1 and "Error: --fold 5 is out of range for --folds 5; choose 0-4" in bad.output
 
@@ -122,3 +122,14 @@ def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_pa
     assert (tmp_path / "p" / "splits.csv").read_bytes() == written
     fresh = run_prepare("--data", small_layout, "--out", tmp_path / "q", "--size", 16, "--balance", "all")
     assert fresh.exit_code == 0 and "skipped 1 problem rows or images" in fresh.output
+
+
+def test_a_shared_pixel_cache_keeps_each_set_of_photos_apart(small_layout, tmp_path):
+    cache = ("--cache-dir", tmp_path / "cache", "--size", 16, "--balance", "all")
+    assert run_prepare("--data", small_layout, "--out", tmp_path / "a", *cache).exit_code == 0
+    before = np.array(load_prepared(tmp_path / "a").pixels)
+    sorted((small_layout / IMAGE_DIR).iterdir())[0].unlink()  # other photos, the same cache folder
+    other = run_prepare("--data", small_layout, "--out", tmp_path / "b", *cache)
+    assert other.exit_code == 0 and "cache built" in other.output, other.output
+    assert len(list((tmp_path / "cache").glob("pixels-16-squash-*.npy"))) == 2
+    assert np.array_equal(np.array(load_prepared(tmp_path / "a").pixels), before)  # the first folder's pixels stand

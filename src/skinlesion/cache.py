@@ -37,6 +37,7 @@ class PixelCache:
     pixels: np.ndarray  # (N, H, W, 3) uint8, memory-mapped
     index: pd.DataFrame  # image, path, dhash, problem; row i describes pixels[i]
     reused: bool
+    path: Path  # the .npy file; its .json and .csv lie beside it
 
 
 def fingerprint(paths: list[str], config: CacheConfig) -> str:
@@ -72,17 +73,21 @@ def decode_chunk(job: tuple[str, int, list[str], int, str]) -> list[tuple[str, s
 
 
 def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, progress: bool = True) -> PixelCache:
-    """Return the pixel cache for these images, decoding only when its inputs changed."""
+    """Return the pixel cache for these images, decoding only when its inputs changed.
+
+    Its files are named by their inputs' fingerprint as well as size and policy, so that preparations of other images
+    sharing one cache folder never overwrite pixels that another prepared folder reads.
+    """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = cache_dir / f"pixels-{config.size}-{config.policy}"
     paths = images["path"].tolist()
     key = fingerprint(paths, config)
+    stem = cache_dir / f"pixels-{config.size}-{config.policy}-{key[:12]}"
     meta_path, pixels_path, index_path = (stem.with_suffix(s) for s in (".json", ".npy", ".csv"))
     if meta_path.exists() and pixels_path.exists() and index_path.exists():
         if json.loads(meta_path.read_text()).get("fingerprint") == key:
             index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-            return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=True)
+            return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=True, path=pixels_path)
     meta_path.unlink(missing_ok=True)  # a run killed from here on leaves no cache that looks complete
     size = config.size
     np.lib.format.open_memmap(pixels_path, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
@@ -98,7 +103,7 @@ def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, prog
                           "dhash": [h for h, _ in results], "problem": [p for _, p in results]})
     index.to_csv(index_path, index=False)
     meta_path.write_text(json.dumps({"fingerprint": key, **asdict(config), "count": len(paths)}, indent=1))
-    return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=False)
+    return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=False, path=pixels_path)
 
 
 def near_duplicate_pairs(index: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_BITS) -> list[tuple[str, str]]:

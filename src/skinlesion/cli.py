@@ -65,6 +65,9 @@ def main():
 @click.option("--resize", "policy", default="squash", show_default=True, type=click.Choice(RESIZE_POLICIES),
               help="squash: plain resize (the paper); crop: shorter side + centre crop.")
 @click.option("--workers", default=0, show_default=True, help="Decoding processes (0 = one per CPU).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the pixel cache here instead of OUT/cache, so that preparations of the same photos at one "
+              "size (cross-validation folds, both protocols) decode them once.")
 @click.option("--no-merge-near-duplicates", is_flag=True,
               help="Do not put near-identical images into the same group before splitting.")
 @click.option("--splits-from", type=click.Path(path_type=Path), default=None,
@@ -76,7 +79,7 @@ def main():
               "and make --fold of them the test split (replaces --test-fraction); 0 = one split.")
 @click.option("--fold", default=0, show_default=True, help="Which fold (0 to --folds - 1) is the test split.")
 def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol, val_fraction, test_fraction,
-            seed, size, policy, workers, no_merge_near_duplicates, splits_from, folds, fold):
+            seed, size, policy, workers, cache_dir, no_merge_near_duplicates, splits_from, folds, fold):
     """Read ISIC 2019, split by lesion, balance, and cache resized pixels."""
     from dataclasses import replace
 
@@ -95,7 +98,7 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
         split = SplitConfig(protocol, val_fraction, test_fraction, seed, not no_merge_near_duplicates,
                             str(splits_from or ""), folds, fold)
         config = PrepareConfig(balance, split, CacheConfig(size, policy, workers))
-        return run_prepare(data_dir, out_dir, config)
+        return run_prepare(data_dir, out_dir, config, cache_dir=cache_dir)
 
     click.echo(describe_summary(fail_cleanly(build), out_dir))
 

@@ -86,8 +86,7 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
         "size": config.cache.size,
         "policy": config.cache.policy,
         "config": asdict(config),
-        "cache": str(cache_dir.relative_to(out_dir) if cache_dir.is_relative_to(out_dir) else cache_dir)
-                 + f"/pixels-{config.cache.size}-{config.cache.policy}.npy",
+        "cache": str(cache.path.relative_to(out_dir) if cache.path.is_relative_to(out_dir) else cache.path),
         "cache_reused": cache.reused,
         "images_read": int(len(images)),
         "problems": len(problems),
