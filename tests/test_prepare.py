@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -114,12 +115,18 @@ def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_pa
     args = ("--data", small_layout, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
     assert run_prepare(*args).exit_code == 0
     written = (tmp_path / "p" / "splits.csv").read_bytes()
+    moved = shutil.copytree(small_layout, tmp_path / "moved")
     sorted((small_layout / IMAGE_DIR).iterdir())[0].unlink()
     result = run_prepare(*args)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert f"{tmp_path / 'p'} was prepared from other image files than these ({small_layout.resolve()} then" \
-        in result.output
+    assert f"{tmp_path / 'p'} was prepared from other photos than these ({small_layout.resolve()} then; photos " \
+        f"since added or removed)" in result.output
     assert (tmp_path / "p" / "splits.csv").read_bytes() == written
+    # The same photos elsewhere are decoded again into a cache of their own and give the same split: accepted.
+    again = run_prepare("--data", moved, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
+    assert again.exit_code == 0 and "cache built" in again.output, again.output
+    assert (tmp_path / "p" / "splits.csv").read_bytes() == written
+    assert len(list((tmp_path / "p" / "cache").glob("pixels-16-squash-*.npy"))) == 2
     fresh = run_prepare("--data", small_layout, "--out", tmp_path / "q", "--size", 16, "--balance", "all")
     assert fresh.exit_code == 0 and "skipped 1 problem rows or images" in fresh.output
 

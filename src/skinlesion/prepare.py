@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.cache import CacheConfig, build_cache, fingerprint, near_duplicate_pairs
+from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
 from skinlesion.classes import CODES
 from skinlesion.imaging import NEAR_DUPLICATE_BITS
 from skinlesion.isic import read_isic
@@ -52,7 +52,7 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     isic = read_isic(Path(data_dir))
-    refuse_other_photos(out_dir, config.cache, isic.images["path"].tolist())
+    refuse_other_photos(out_dir, config.cache, isic.images["image"].tolist())
     cache_dir = Path(cache_dir).resolve() if cache_dir else out_dir / "cache"
     cache = build_cache(isic.images, cache_dir, config.cache, progress=progress)
     problems = list(isic.problems)
@@ -100,20 +100,21 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     return summary
 
 
-def refuse_other_photos(out_dir: Path, cache: CacheConfig, paths: list[str]) -> None:
-    """Refuse, before any pixel is written, to prepare over a folder that holds photos at another size or from other
-    image files: runs trained from a folder read its pixels and split there (runs.py, seen.py)."""
+def refuse_other_photos(out_dir: Path, cache: CacheConfig, images: list[str]) -> None:
+    """Refuse, before any pixel is written, to prepare over a folder that holds photos at another size or other
+    photos (by ISIC id): runs trained from a folder read its pixels and split there (runs.py, seen.py)."""
     if not (out_dir / PREPARED_JSON).is_file():
         return
     summary = json.loads((out_dir / PREPARED_JSON).read_text())
     if (summary["size"], summary["policy"]) != (cache.size, cache.policy):
         raise ValueError(f"{out_dir} already holds photos prepared at {summary['size']} px ({summary['policy']}), "
                          f"not {cache.size} px ({cache.policy}); {REPLACE_FIX.format(out_dir=out_dir)}")
-    cache_meta = (out_dir / summary["cache"]).with_suffix(".json")  # "cache" may be absolute (a shared cache)
-    if cache_meta.is_file() and json.loads(cache_meta.read_text()).get("fingerprint") != fingerprint(paths, cache):
-        raise ValueError(f"{out_dir} was prepared from other image files than these ({summary['data']} then; files "
-                         f"since added, removed or changed) or by another version of skinlesion's image loader; "
-                         f"{REPLACE_FIX.format(out_dir=out_dir)}")
+    # The photos, not their files: a moved or touched copy of the same photos is decoded again into a cache of its
+    # own (build_cache), and what then decides is whether the split comes out the same (refuse_other_split).
+    cache_index = (out_dir / summary["cache"]).with_suffix(".csv")  # "cache" may be absolute (a shared cache)
+    if cache_index.is_file() and pd.read_csv(cache_index, dtype=str, keep_default_na=False)["image"].tolist() != images:
+        raise ValueError(f"{out_dir} was prepared from other photos than these ({summary['data']} then; photos since "
+                         f"added or removed); {REPLACE_FIX.format(out_dir=out_dir)}")
 
 
 def refuse_other_split(out_dir: Path, manifest: str) -> None:
