@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from skinlesion.cli import main
 from skinlesion.isic import GROUND_TRUTH_CSV, IMAGE_DIR
+from skinlesion.predict import BUNDLED_MODEL
 from skinlesion.prepare import load_prepared
 
 
@@ -140,3 +141,18 @@ def test_a_shared_pixel_cache_keeps_each_set_of_photos_apart(small_layout, tmp_p
     assert other.exit_code == 0 and "cache built" in other.output, other.output
     assert len(list((tmp_path / "cache").glob("pixels-16-squash-*.npy"))) == 2
     assert np.array_equal(np.array(load_prepared(tmp_path / "a").pixels), before)  # the first folder's pixels stand
+
+
+@pytest.mark.parametrize("damage, problem", [("{oops", "Expecting property name"), ("[1]", "not a JSON object"),
+                                             ('{"size": 16}', "no data, classes, policy, config, cache")])
+def test_a_damaged_summary_is_named_with_the_fix(small_layout, tmp_path, damage, problem):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "prepared.json").write_text(damage)
+    for args in (["prepare", "--data", small_layout, "--out", tmp_path / "p", "--size", 16],
+                 ["train", "--data", tmp_path / "p", "--out", tmp_path / "run"],
+                 ["evaluate", BUNDLED_MODEL, "--data", tmp_path / "p"]):
+        result = CliRunner().invoke(main, list(map(str, args)))
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"Error: {tmp_path / 'p' / 'prepared.json'}: not a summary written by 'skinlesion prepare' ({problem}" \
+            in result.output
+    assert not (tmp_path / "p" / "splits.csv").exists()

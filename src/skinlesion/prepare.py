@@ -105,7 +105,7 @@ def refuse_other_photos(out_dir: Path, cache: CacheConfig, images: list[str]) ->
     photos (by ISIC id): runs trained from a folder read its pixels and split there (runs.py, seen.py)."""
     if not (out_dir / PREPARED_JSON).is_file():
         return
-    summary = json.loads((out_dir / PREPARED_JSON).read_text())
+    summary = read_summary(out_dir)
     if (summary["size"], summary["policy"]) != (cache.size, cache.policy):
         raise ValueError(f"{out_dir} already holds photos prepared at {summary['size']} px ({summary['policy']}), "
                          f"not {cache.size} px ({cache.policy}); {REPLACE_FIX.format(out_dir=out_dir)}")
@@ -169,14 +169,30 @@ def lesions_across_splits(table: pd.DataFrame) -> int:
     return int((used.groupby("lesion_id")["split"].nunique() > 1).sum())
 
 
+def read_summary(out_dir: Path) -> dict:
+    """Return a prepared folder's prepared.json (prepare()'s summary); fail with the fix if it is missing or
+    damaged."""
+    path = Path(out_dir) / PREPARED_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir}: not a prepared data folder (no {PREPARED_JSON}); "
+                                f"run 'skinlesion prepare --data DIR --out {out_dir}' first")
+    try:
+        summary = json.loads(path.read_text())
+        problem = "" if isinstance(summary, dict) else "not a JSON object"
+    except ValueError as error:
+        summary, problem = {}, str(error)
+    missing = [key for key in ("data", "classes", "size", "policy", "config", "cache") if key not in summary]
+    if problem or missing:
+        problem = problem or f"no {', '.join(missing)}"
+        raise ValueError(f"{path}: not a summary written by 'skinlesion prepare' ({problem}); delete {out_dir} and "
+                         f"prepare it again")
+    return summary
+
+
 def load_prepared(out_dir: Path) -> Prepared:
     """Open a folder written by prepare(); fail with the fix if it is not one."""
     out_dir = Path(out_dir)
-    meta_path = out_dir / PREPARED_JSON
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{out_dir}: not a prepared data folder (no {PREPARED_JSON}); "
-                                f"run 'skinlesion prepare --data DIR --out {out_dir}' first")
-    meta = json.loads(meta_path.read_text())
+    meta = read_summary(out_dir)
     pixels = np.load(out_dir / meta["cache"], mmap_mode="r")
     return Prepared(out_dir, read_manifest(out_dir), pixels, tuple(meta["classes"]), meta["size"], meta["policy"],
                     meta["config"]["split"]["protocol"])
@@ -193,7 +209,7 @@ def read_manifest(out_dir: Path) -> pd.DataFrame:
 def photo_hashes(out_dir: Path) -> dict | None:
     """Return each cached photo's near-duplicate hash (image -> hex) from a prepared folder's pixel cache index;
     None if the cache is gone."""
-    cache = Path(out_dir) / json.loads((Path(out_dir) / PREPARED_JSON).read_text())["cache"]
+    cache = Path(out_dir) / read_summary(out_dir)["cache"]
     if not cache.with_suffix(".csv").is_file():
         return None
     index = pd.read_csv(cache.with_suffix(".csv"), dtype=str, keep_default_na=False)
@@ -202,7 +218,7 @@ def photo_hashes(out_dir: Path) -> dict | None:
 
 def data_record(prepared: Prepared) -> dict:
     """Describe what a model was trained and scored on, for its card: the data folder, photos per class and split."""
-    summary = json.loads((prepared.out_dir / PREPARED_JSON).read_text())
+    summary = read_summary(prepared.out_dir)
     record = {"folder": Path(summary["data"]).name, "images": summary["images_read"],
               "per_class": summary["counts_before"], "protocol": summary["config"]["split"]["protocol"]}
     for name in ("train", "val", "test"):

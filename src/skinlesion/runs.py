@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skinlesion.models import MODEL_FORMAT, load_model
-from skinlesion.prepare import photo_hashes
+from skinlesion.prepare import photo_hashes, read_summary
 from skinlesion.seen import recorded_seen, seen_rows, why_unrecorded
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def prepared_digest(prepared_dir: Path) -> str:
     photos or their pixel cache lie, or whether the last `prepare` reused the cache: scripts prepare again, unchanged,
     before they resume, and `prepare` refuses other photos or another split over a folder)."""
     digest = hashlib.sha256((prepared_dir / "splits.csv").read_bytes())
-    summary = json.loads((prepared_dir / "prepared.json").read_text())
+    summary = read_summary(prepared_dir)
     for volatile in ("data", "cache", "cache_reused"):
         summary.pop(volatile, None)
     digest.update(json.dumps(summary, sort_keys=True).encode())
