@@ -156,3 +156,14 @@ def test_a_damaged_summary_is_named_with_the_fix(small_layout, tmp_path, damage,
         assert f"Error: {tmp_path / 'p' / 'prepared.json'}: not a summary written by 'skinlesion prepare' ({problem}" \
             in result.output
     assert not (tmp_path / "p" / "splits.csv").exists()
+
+
+@pytest.mark.parametrize("damage, problem", [("", "No columns to parse from file"),
+                                             ("image,label\nISIC_1,MEL\n", "no column lesion_id, group, split")])
+def test_a_damaged_manifest_is_named_with_the_fix(small_layout, tmp_path, damage, problem):
+    assert run_prepare("--data", small_layout, "--out", tmp_path / "p", "--size", 16, "--balance", "all").exit_code == 0
+    (tmp_path / "p" / "splits.csv").write_text(damage)
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "p"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"Error: {tmp_path / 'p' / 'splits.csv'}: not a manifest written by 'skinlesion prepare' ({problem}" \
+        in result.output

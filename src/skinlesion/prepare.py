@@ -16,6 +16,7 @@ from skinlesion.seen import read_seen, splits_unseen_by
 from skinlesion.splits import UNUSED, BalanceConfig, SplitConfig, assign_splits, count_table
 
 MANIFEST = "splits.csv"
+MANIFEST_COLUMNS = ("image", "label", "lesion_id", "group", "split", "cache_row")
 PREPARED_JSON = "prepared.json"
 PROBLEMS_CSV = "problems.csv"
 NEAR_DUPLICATES_CSV = "near_duplicates.csv"
@@ -72,7 +73,7 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
         table["split"] = splits_unseen_by(table, seen, result.classes, hashes)
     elif config.split.splits_from:
         table["split"] = reused_splits(table, source, result.classes)
-    manifest = table[["image", "label", "lesion_id", "group", "split", "cache_row"]].to_csv(index=False)
+    manifest = table[list(MANIFEST_COLUMNS)].to_csv(index=False)
     refuse_other_split(out_dir, manifest)
     (out_dir / MANIFEST).write_text(manifest)
     pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
@@ -203,7 +204,16 @@ def read_manifest(out_dir: Path) -> pd.DataFrame:
     manifest = Path(out_dir) / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no manifest; pass a folder written by 'skinlesion prepare'")
-    return pd.read_csv(manifest, dtype={"image": str, "lesion_id": str, "group": str}, keep_default_na=False)
+    try:
+        table = pd.read_csv(manifest, dtype={"image": str, "lesion_id": str, "group": str}, keep_default_na=False)
+        missing = [column for column in MANIFEST_COLUMNS if column not in table.columns]
+        problem = f"no column {', '.join(missing)}" if missing else ""
+    except ValueError as error:  # pandas' parser errors are ValueErrors
+        problem = str(error).strip()
+    if problem:
+        raise ValueError(f"{manifest}: not a manifest written by 'skinlesion prepare' ({problem}); delete "
+                         f"{Path(out_dir)} and prepare it again")
+    return table
 
 
 def photo_hashes(out_dir: Path) -> dict | None:
