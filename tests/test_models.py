@@ -38,9 +38,11 @@ def test_unknown_model_lists_the_registry():
         create_model("vgg16", 8)
 
 
-def test_load_model_rejects_other_files(tmp_path):
-    torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a skinlesion model file"):
+@pytest.mark.parametrize("write", [lambda path: torch.save({"weights": 1}, path),
+                                   lambda path: path.write_text("garbage\n"), lambda path: path.write_bytes(b"")])
+def test_load_model_rejects_other_files(tmp_path, write):
+    write(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'other.pt'}: not a skinlesion model file"):
         load_model(tmp_path / "other.pt")
 
 

@@ -219,7 +219,8 @@ def load_model(path) -> tuple[Classifier | Ensemble, dict]:
         meta = torch.load(path, map_location="cpu", weights_only=False)
     except PermissionError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError):  # another kind of file, or a cut-off one
+    # Another kind of file, or a cut-off one (a text file makes the old pickle reader fail on a number: ValueError).
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
         meta = None
     formats = (MODEL_FORMAT, ENSEMBLE_FORMAT)
     if not isinstance(meta, dict) or meta.get("format") not in formats:
