@@ -103,3 +103,24 @@ def test_color_constancy_removes_a_colour_cast_and_travels_with_the_saved_model_
     assert report["parity_max_abs_diff"] < 1e-3  # export_onnx also raises above its limit
     card = write_model_card(tmp_path / "m.onnx", tmp_path / "CARD.md").read_text()
     assert "Colour constancy: the network greys the light of each photo first (shades of gray, power 6)" in card
+
+
+def test_a_save_killed_midway_leaves_the_earlier_model_file_whole(tmp_path, monkeypatch):
+    model, path = create_model("alexnet", num_classes=2, pretrained=False), tmp_path / "model.pt"
+    settings = dict(name="alexnet", classes=["MEL", "NV"], size=64, policy="squash", width=1.0, dropout=0.2)
+    save_model(model, path, temperature=1.0, **settings)
+    real_save = torch.save
+
+    def killed_while_writing(contents, target):  # the first bytes land, then the process dies
+        real_save(contents, target)
+        with open(target, "r+b") as file:
+            file.truncate(1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, path, temperature=2.0, **settings)
+    monkeypatch.undo()
+    assert load_model(path)[1]["temperature"] == 1.0  # the earlier file, whole
+    save_model(model, path, temperature=2.0, **settings)
+    assert load_model(path)[1]["temperature"] == 2.0 and [p.name for p in tmp_path.iterdir()] == ["model.pt"]

@@ -1,5 +1,6 @@
 """The model registry: create_model(name, num_classes) -> Classifier. Every model ends in GAP + linear."""
 
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,7 +186,7 @@ def save_model(model: Classifier, path, *, name: str, classes, size: int, policy
                dropout: float, temperature: float, class_bias=None, extra: dict | None = None) -> None:
     """Write weights together with everything inference needs, so nobody restates it."""
     spec = model_spec(name)
-    torch.save({
+    save_whole({
         "format": MODEL_FORMAT, "arch": name, "width": width, "dropout": dropout,
         "color_constancy": model.color_constancy,
         "classes": list(classes), "size": size, "policy": policy,
@@ -199,11 +200,20 @@ def save_ensemble(members: list[dict], path, *, views: int, temperature: float, 
                   extra: dict | None = None) -> None:
     """Write an ensemble: each member's saved file contents (weights and metadata) plus its own calibration."""
     first = members[0]
-    torch.save({
+    save_whole({
         "format": ENSEMBLE_FORMAT, "arch": first["arch"], "members": members, "views": views,
         **{k: first[k] for k in ("classes", "size", "policy", "mean", "std")},
         "temperature": float(temperature), "class_bias": [float(b) for b in class_bias], **(extra or {}),
     }, path)
+
+
+def save_whole(contents: dict, path) -> None:
+    """torch.save into a file beside `path`, then rename it over `path`: a run killed while saving leaves the earlier
+    file whole, or none, never a cut-off model.pt that the build scripts would take for a finished stage."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".part")
+    torch.save(contents, partial)
+    os.replace(partial, path)
 
 
 def build_classifier(meta: dict) -> Classifier:
