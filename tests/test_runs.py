@@ -35,6 +35,12 @@ def test_a_resume_with_other_settings_or_data_is_refused_but_a_moved_copy_of_the
     (data / "splits.csv").write_text((data / "splits.csv").read_text().replace(",train", ",val", 1))
     result = CliRunner().invoke(main, train_args(data, run, *args, "--resume"))
     assert result.exit_code == 1 and f"Differing: data {data} (the run: {moved}, as it was then)" in result.output
+    # A damaged record of the run's settings is named; the checkpoints are left alone.
+    (run / "train_config.json").write_text("{cut off")
+    result = CliRunner().invoke(main, train_args(moved, run, *args, "--resume"))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"Error: {run / 'train_config.json'}: damaged (Expecting property name" in result.output
+    assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_a_run_starts_from_a_saved_model_only_if_that_model_never_saw_our_held_out_images(shared_data, prepared32,

@@ -30,9 +30,17 @@ def prepared_digest(prepared_dir: Path) -> str:
 
 def check_same_run(run_dir: Path, prepared_dir: Path, config: "TrainConfig") -> None:
     """Refuse to resume with other settings or data: the checkpoint, its schedule and its split are the run's."""
-    if not (run_dir / "train_config.json").is_file():
+    path = run_dir / "train_config.json"
+    if not path.is_file():
         return
-    saved = json.loads((run_dir / "train_config.json").read_text())
+    try:
+        saved = json.loads(path.read_text())
+        problem = "" if isinstance(saved, dict) and "prepared" in saved else "not what 'skinlesion train' writes"
+    except ValueError as error:
+        problem = str(error)
+    if problem:
+        raise ValueError(f"{path}: damaged ({problem}), so the run's settings and data cannot be checked; write back "
+                         f"a copy if you have one, or train into another --out")
     ours = asdict(config)
     changed = [f"{key} {ours[key]!r} (the run: {saved[key]!r})" for key in ours
                if key in saved and key not in WHERE_IT_RUNS and ours[key] != saved[key]]
