@@ -109,3 +109,12 @@ def test_one_run_seen_in_eight_views_exports_and_answers_the_same_for_a_turned_p
     with torch.inference_mode():
         logits = model(torch.from_numpy(pixels).permute(0, 3, 1, 2).float()).numpy()
     assert np.allclose(probs, softmax(logits / meta["temperature"] + np.array(meta["class_bias"])), atol=1e-4)
+
+
+def test_an_ensemble_names_a_member_that_is_not_a_model_file(tmp_path):
+    for name, content in (("text.pt", b"garbage\n"), ("cut.pt", b"PK\x03\x04")):
+        (tmp_path / name).write_bytes(content)
+        result = CliRunner().invoke(main, ["ensemble", str(tmp_path / name), "--views", "2", "--out",
+                                           str(tmp_path / "e")])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"Error: {tmp_path / name}: not a skinlesion model file" in result.output

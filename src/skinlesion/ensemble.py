@@ -8,7 +8,8 @@ import torch
 from skinlesion.calibration import cross_fitted_balanced_accuracy, fit_calibration
 from skinlesion.evaluate import resolve_model
 from skinlesion.metrics import balanced_accuracy
-from skinlesion.models import MODEL_FORMAT, Ensemble, build_classifier, predict_logits, save_ensemble
+from skinlesion.models import (MODEL_FORMAT, Ensemble, build_classifier, predict_logits, read_model_file,
+                              save_ensemble)
 from skinlesion.prepare import load_prepared
 from skinlesion.runs import check_held_out
 
@@ -19,8 +20,8 @@ ENSEMBLE_HALVINGS = 10
 
 def read_member(path: Path) -> dict:
     """Return a saved model file's contents (weights and metadata), refusing anything but one trained network."""
-    meta = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+    meta = read_model_file(path)
+    if meta["format"] != MODEL_FORMAT:
         raise ValueError(f"{path}: not a model file from 'skinlesion train' (ensembles cannot be nested)")
     return {**meta, "source": str(path)}
 

@@ -13,7 +13,7 @@ from skinlesion.calibration import calibrated
 from skinlesion.card import add_to_card
 from skinlesion.evaluate import resolve_model, saved_model_logits
 from skinlesion.metrics import balanced_accuracy
-from skinlesion.models import Classifier, Ensemble, load_model
+from skinlesion.models import Classifier, Ensemble, load_model, read_model_file
 from skinlesion.predict import METADATA_KEY
 from skinlesion.prepare import Prepared, data_record, load_prepared, photo_hashes
 from skinlesion.referral import (REFERRAL_SENSITIVITY, check_sensitivity, describe_referral, fit_referral,
@@ -42,7 +42,7 @@ def recipe(meta: dict) -> dict:
                                   "color_constancy") if k in meta}
     init = meta.get("train_config", {}).get("init")
     if init:
-        earlier = torch.load(init, map_location="cpu", weights_only=False) if Path(init).is_file() else {}
+        earlier = read_model_file(init) if Path(init).is_file() else {}
         entry["started_from"] = {"model": init, **{k: earlier[k] for k in ("size", "val_bacc", "val_bacc_calibrated",
                                                                            "epochs_trained", "train_config")
                                                    if k in earlier}}

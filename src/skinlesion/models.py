@@ -223,8 +223,8 @@ def build_classifier(meta: dict) -> Classifier:
     return model
 
 
-def load_model(path) -> tuple[Classifier | Ensemble, dict]:
-    """Read a file written by save_model or save_ensemble; return (model in eval mode, its metadata)."""
+def read_model_file(path) -> dict:
+    """Return the contents of a file written by save_model or save_ensemble; fail naming it if it is not one."""
     try:
         meta = torch.load(path, map_location="cpu", weights_only=False)
     except PermissionError:
@@ -237,6 +237,12 @@ def load_model(path) -> tuple[Classifier | Ensemble, dict]:
         exported = " (an exported .onnx file is already the end product)" if Path(path).suffix == ".onnx" else ""
         raise ValueError(f"{path}: not a skinlesion model file (expected one written by 'skinlesion train' "
                          f"or 'skinlesion ensemble'){exported}")
+    return meta
+
+
+def load_model(path) -> tuple[Classifier | Ensemble, dict]:
+    """Read a file written by save_model or save_ensemble; return (model in eval mode, its metadata)."""
+    meta = read_model_file(path)
     # Files written before class offsets and views existed: no offsets, one view.
     meta.setdefault("class_bias", [0.0] * len(meta["classes"]))
     meta.setdefault("views", 1)
