@@ -140,6 +140,12 @@ def test_predict_names_an_output_it_cannot_write_before_reading_any_photo(tiny_o
     assert "nothing here: file not found" in result.output and "no readable image among 1 input(s)" in result.output
 
 
+@pytest.mark.parametrize("batch_size", ["0", "-3"])
+def test_predict_refuses_a_batch_size_below_one_before_reading_a_photo(image_folder, batch_size):
+    result = CliRunner().invoke(main, ["predict", str(image_folder), "--batch-size", batch_size])
+    assert result.exit_code == 2 and "Invalid value for '--batch-size'" in result.output, result.output
+
+
 def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):
     result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--format", "isic2018"])
     assert result.exit_code == 2 and "--format isic2018" in result.output and "--output" in result.output

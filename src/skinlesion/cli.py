@@ -232,7 +232,8 @@ def export(model_path, out, prepared_dir, fp16, card_path, referral_sensitivity)
 @click.option("--format", "output_format", type=click.Choice(["isic2019", "isic2019-unk", "isic2018"]),
               default="isic2019", show_default=True, help="Classes of the --output CSV; isic2019-unk adds the ISIC "
               "2019 test set's UNK (none of the others) as 0; isic2018: MEL,NV,BCC,AKIEC,BKL,DF,VASC.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Photos per onnxruntime call.")
 def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from collections import Counter
