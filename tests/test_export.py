@@ -86,6 +86,27 @@ def test_exporting_a_file_that_is_not_a_run_says_so(tiny_onnx, tmp_path):
     assert not (tmp_path / "again.onnx").exists()
 
 
+def test_a_file_that_fails_its_parity_check_does_not_replace_the_good_one(tiny_onnx, tmp_path, monkeypatch):
+    import shutil
+
+    from skinlesion import export
+    out = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx, out)  # the good file a rebuild would replace
+    real_halve = export.halve_weights
+
+    def halve_badly(onnx_model):  # a broken float16 conversion: every large weight rounded to a tenth of itself
+        real_halve(onnx_model)
+        for tensor in onnx_model.graph.initializer:
+            if tensor.name.endswith("_fp16"):
+                weights = onnx.numpy_helper.to_array(tensor) * 0.1
+                tensor.CopyFrom(onnx.numpy_helper.from_array(weights, tensor.name))
+
+    monkeypatch.setattr(export, "halve_weights", halve_badly)
+    result = CliRunner().invoke(main, ["export", str(tiny_onnx.parent), "--out", str(out), "--fp16"])
+    assert result.exit_code == 1 and "ONNX logits differ from PyTorch by" in result.output, result.output
+    assert out.read_bytes() == tiny_onnx.read_bytes() and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
 def test_add_referral_gives_an_older_file_the_rule_export_would_have_fitted(tiny_onnx, prepared32, tmp_path):
     import shutil
     import subprocess

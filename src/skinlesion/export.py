@@ -1,6 +1,7 @@
 """ONNX export with the model's metadata embedded (card.py renders it) and a parity check against PyTorch."""
 
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -140,13 +141,22 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     folders = [recorded, *member_folders(meta, recorded.out_dir)]
     val = prepared.split("val")
     sample = np.asarray(prepared.pixels[val["cache_row"].to_numpy()[:64]])
-    report = export_onnx(model, meta, model_file, Path(out), sample, fp16, data=data_record(recorded),
-                         seen=joined_seen_record([(f.table, photo_hashes(f.out_dir)) for f in folders]))
-    report["recorded_from"] = ", ".join(str(folder.out_dir) for folder in folders)
-    if fp16:
-        report["validation"] = compare_with_pytorch(Path(out), model_file, prepared)
-        add_to_card(Path(out), "float16_check", report["validation"])  # the card's metrics come from PyTorch
-    report["referral"] = add_referral(Path(out), prepared, referral_sensitivity)
+    # Written and checked beside `out`, renamed over it only when every check passed: a file that failed one, or an
+    # export killed midway, never lies where a good model (the bundled one, say) is expected.
+    out = Path(out)
+    partial = out.with_name(f"{out.stem}.partial{out.suffix}")  # the suffix tells .onnx files from checkpoints
+    try:
+        report = export_onnx(model, meta, model_file, partial, sample, fp16, data=data_record(recorded),
+                             seen=joined_seen_record([(f.table, photo_hashes(f.out_dir)) for f in folders]))
+        if fp16:
+            report["validation"] = compare_with_pytorch(partial, model_file, prepared)
+            add_to_card(partial, "float16_check", report["validation"])  # the card's metrics come from PyTorch
+        report["referral"] = add_referral(partial, prepared, referral_sensitivity)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+    report["onnx"], report["recorded_from"] = str(out), ", ".join(str(folder.out_dir) for folder in folders)
     return report
 
 
