@@ -4,6 +4,7 @@ No torch: the card is rendered from the .onnx file alone.
 """
 
 import json
+import os
 from pathlib import Path
 
 from skinlesion.predict import METADATA_KEY, Predictor
@@ -63,7 +64,10 @@ def add_to_card(onnx_path: Path, key: str, value) -> None:
     onnx_model = onnx.load(str(onnx_path))
     entry = next(p for p in onnx_model.metadata_props if p.key == METADATA_KEY)
     entry.value = json.dumps({**json.loads(entry.value), key: value})
-    onnx.save(onnx_model, str(onnx_path))
+    # Beside it, then renamed over it: a kill while saving leaves the file as it was (it may be the bundled model).
+    partial = Path(onnx_path).with_name(f"{Path(onnx_path).stem}.partial{Path(onnx_path).suffix}")
+    onnx.save(onnx_model, str(partial))
+    os.replace(partial, onnx_path)
 
 
 def write_model_card(onnx_path: Path, out: Path) -> Path:
