@@ -211,7 +211,7 @@ def save_whole(contents: dict, path) -> None:
     """torch.save into a file beside `path`, then rename it over `path`: a run killed while saving leaves the earlier
     file whole, or none, never a cut-off model.pt that the build scripts would take for a finished stage."""
     path = Path(path)
-    partial = path.with_name(path.name + ".part")
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # as export and card name theirs
     torch.save(contents, partial)
     os.replace(partial, path)
 
