@@ -9,7 +9,7 @@ from skinlesion.export import METADATA_KEY
 from skinlesion.prepare import load_prepared
 
 
-def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, prepared32, tmp_path):
+def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, prepared32, tmp_path, monkeypatch):
     card = json.loads({p.key: p.value for p in onnx.load(tiny_onnx).metadata_props}[METADATA_KEY])
     assert card["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
     assert (card["size"], card["policy"], card["arch"]) == (32, "squash", "efficientnet_lite0")
@@ -20,9 +20,21 @@ def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, 
     assert (data["folder"], data["protocol"], data["images"]) == ("isic2019", "lesion", 12922)
     for split in ("train", "val", "test"):
         assert list(data[split]) == card["classes"] and sum(data[split].values()) == len(prepared.split(split))
+    from skinlesion import export
+    runs = []  # (file, photos) of every pass of a saved model over a split
+
+    def counted(path, pixels):
+        runs.append((path.suffix, len(pixels)))
+        return real_logits(path, pixels)
+
+    real_logits = export.saved_model_logits
+    monkeypatch.setattr(export, "saved_model_logits", counted)
     result = CliRunner().invoke(main, ["export", str(tiny_onnx.parent), "--out", str(tmp_path / "m.onnx"), "--fp16"])
     assert result.exit_code == 0, result.output
     assert "parity with PyTorch on 64 real images" in result.output
+    # The written file runs over validation once (float16 check and referral fit share it), and over test once.
+    val, test = len(prepared.split("val")), len(prepared.split("test"))
+    assert sorted(runs) == sorted([(".onnx", val), (".pt", val), (".onnx", test)]), runs
     difference = float(result.output.split("max |logit difference| ")[1].split()[0])
     assert 0 < difference < 5e-2  # float16 weights round, but barely
     scores = result.output.split("validation balanced accuracy ")[1].split(" in PyTorch")[0]

@@ -148,10 +148,12 @@ def export_with_checks(model_path: Path, out: Path, prepared_dir: Path | None, f
     try:
         report = export_onnx(model, meta, model_file, partial, sample, fp16, data=data_record(recorded),
                              seen=joined_seen_record([(f.table, photo_hashes(f.out_dir)) for f in folders]))
+        scored = {}  # the file's validation logits, computed once for the float16 check and the referral fit
         if fp16:
-            report["validation"] = compare_with_pytorch(partial, model_file, prepared)
+            scored["val"] = saved_model_logits(partial, prepared.pixels[val["cache_row"].to_numpy()])
+            report["validation"] = compare_with_pytorch(scored["val"], model_file, prepared)
             add_to_card(partial, "float16_check", report["validation"])  # the card's metrics come from PyTorch
-        report["referral"] = add_referral(partial, prepared, referral_sensitivity)
+        report["referral"] = add_referral(partial, prepared, referral_sensitivity, scored)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -177,15 +179,19 @@ def describe_export(report: dict) -> list[str]:
                     for split in ("val", "test") if split in rule]
 
 
-def add_referral(onnx_path: Path, prepared: Prepared, sensitivity: float = REFERRAL_SENSITIVITY) -> dict | None:
+def add_referral(onnx_path: Path, prepared: Prepared, sensitivity: float = REFERRAL_SENSITIVITY,
+                 file_logits: dict | None = None) -> dict | None:
     """Fit the referral rule (referral.py) on the validation split through the exported file itself, so it holds for
-    the file's own probabilities; score it on the test split; add both to the file's card."""
-    scored = {}
+    the file's own probabilities; score it on the test split; add both to the file's card. `file_logits` holds
+    saved_model_logits' answer for a split already run through the file (export's float16 check)."""
+    scored, file_logits = {}, file_logits or {}
     for split in ("val", "test"):
         rows = prepared.split(split)
         if not len(rows):
             continue
-        logits, card = saved_model_logits(onnx_path, prepared.pixels[rows["cache_row"].to_numpy()])
+        if split not in file_logits:
+            file_logits[split] = saved_model_logits(onnx_path, prepared.pixels[rows["cache_row"].to_numpy()])
+        logits, card = file_logits[split]
         # As `evaluate` scores: no photo the model met counts (another --data folder may hold some).
         met = seen_before(rows, card, split, by_lesion=prepared.protocol == "lesion",
                           hashes=photo_hashes(prepared.out_dir))[0]
@@ -206,12 +212,13 @@ def member_folders(meta: dict, own: Path) -> list[Prepared]:
     return [load_prepared(folder) for folder in sorted(folders) if folder.is_dir() and folder != own.resolve()]
 
 
-def compare_with_pytorch(onnx_path: Path, model_file: Path, prepared: Prepared) -> dict:
-    """Score the exported file and the PyTorch model on the validation split; return both and their agreement."""
+def compare_with_pytorch(file_logits: tuple[np.ndarray, dict], model_file: Path, prepared: Prepared) -> dict:
+    """Score the exported file (its saved_model_logits on the validation split) and the PyTorch model on the
+    validation split; return both and their agreement."""
     rows = prepared.split("val")
     pixels = prepared.pixels[rows["cache_row"].to_numpy()]
     # The same scoring path as `skinlesion evaluate`: raw logits, then each model's own calibration.
-    onnx_logits, card = saved_model_logits(onnx_path, pixels)
+    onnx_logits, card = file_logits
     exported = calibrated(onnx_logits, card).argmax(1)
     original = calibrated(*saved_model_logits(model_file, pixels)).argmax(1)
     classes = card["classes"]
