@@ -10,5 +10,6 @@ RUN pip install --no-cache-dir . && rm -rf /root/.cache
 USER skinlesion
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
-# Uploads stay in memory; set SKINLESION_RATE_LIMIT (per client per minute) and --workers to taste.
+# Uploads stay in memory; set SKINLESION_RATE_LIMIT (per client per minute), SKINLESION_MAX_UPLOAD_MB and --workers
+# to taste.
 CMD ["skinlesion", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -147,6 +147,18 @@ def test_truncated_jpeg_is_415(client, lesion_jpeg):
 def test_upload_over_10_mb_is_413(client):
     response = post(client, os.urandom(11 * 1024 * 1024))
     assert response.status_code == 413 and response.json["error"] == "too_large"
+    assert "larger than 10 MB" in response.json["message"]
+
+
+def test_the_upload_limit_comes_from_the_environment(tiny_onnx, lesion_jpeg, monkeypatch):
+    monkeypatch.setenv("SKINLESION_MAX_UPLOAD_MB", "12")  # a camera's uncompressed TIFFs
+    client = create_app({"TESTING": True, "MODEL": str(tiny_onnx)}).test_client()
+    padded = lesion_jpeg + os.urandom(11 * 1024 * 1024)  # bytes after a JPEG's end are ignored by decoders
+    assert post(client, padded).status_code == 200
+    response = post(client, os.urandom(13 * 1024 * 1024))
+    assert response.status_code == 413 and "larger than 12 MB" in response.json["message"]
+    assert client.get("/api/v1/openapi.json").json["paths"]["/api/v1/predict"]["post"]["responses"]["413"][
+        "description"] == "upload over 12 MB"
 
 
 def test_decompression_bomb_is_refused(client):
@@ -228,13 +240,15 @@ def test_serving_never_imports_torch(tiny_onnx, lesion_jpeg, tmp_path):
 
 
 def test_server_settings_come_from_the_environment():
-    assert settings_from_environment({}) == {"MODEL": None, "MODEL_THREADS": 0, "RATE_LIMIT": 60, "TRUSTED_PROXIES": 0}
+    assert settings_from_environment({}) == {"MODEL": None, "MODEL_THREADS": 0, "RATE_LIMIT": 60, "MAX_UPLOAD_MB": 10,
+                                             "TRUSTED_PROXIES": 0}
     settings = settings_from_environment({"SKINLESION_RATE_LIMIT": " 5 ", "SKINLESION_MODEL": "m.onnx"})
     assert settings["RATE_LIMIT"] == 5 and settings["MODEL"] == "m.onnx"
 
 
 @pytest.mark.parametrize("variable, value", [("SKINLESION_RATE_LIMIT", "abc"), ("SKINLESION_RATE_LIMIT", "0"),
-                                             ("SKINLESION_THREADS", "-1"), ("SKINLESION_TRUSTED_PROXIES", "one")])
+                                             ("SKINLESION_THREADS", "-1"), ("SKINLESION_TRUSTED_PROXIES", "one"),
+                                             ("SKINLESION_MAX_UPLOAD_MB", "0")])
 def test_serve_refuses_a_bad_setting_by_name_before_starting_workers(variable, value):
     result = CliRunner().invoke(main, ["serve"], env={variable: value})
     assert result.exit_code == 1 and f"{variable}={value!r}: expected a whole number" in result.output

@@ -19,6 +19,9 @@ class InMemoryRequest(Request):
 ENVIRONMENT = {
     "MODEL_THREADS": ("SKINLESION_THREADS", 0, 0),  # onnxruntime threads per worker; 0: up to 4
     "RATE_LIMIT": ("SKINLESION_RATE_LIMIT", 60, 1),  # predictions per client per minute
+    # Largest upload in MB (answered 413 above it): 10 is far above any dermoscopic JPEG; raise it for a camera's
+    # uncompressed TIFFs. Decoding still stops at 64 megapixels (imaging.py).
+    "MAX_UPLOAD_MB": ("SKINLESION_MAX_UPLOAD_MB", 10, 1),
     # Reverse proxies in front of the app (e.g. 1 for nginx): only then is X-Forwarded-For the client's address.
     # Off by default, since without a proxy a client could name any address and escape the rate limit.
     "TRUSTED_PROXIES": ("SKINLESION_TRUSTED_PROXIES", 0, 0),
@@ -44,12 +47,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app; the model comes from test_config, $SKINLESION_MODEL or the bundled model."""
     app = Flask(__name__)
     app.request_class = InMemoryRequest
-    app.config.from_mapping(
-        MAX_CONTENT_LENGTH=10 * 1024 * 1024,  # 10 MB: far above any dermoscopic JPEG
-        **settings_from_environment(),
-    )
+    app.config.from_mapping(settings_from_environment())
     if test_config:
         app.config.update(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024
     if app.config["TRUSTED_PROXIES"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = app.config["TRUSTED_PROXIES"]

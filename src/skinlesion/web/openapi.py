@@ -6,12 +6,12 @@ ERROR = {"type": "object", "required": ["error", "message"],
          "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
 
 
-def openapi_document(version: str) -> dict:
+def openapi_document(version: str, max_upload_mb: int) -> dict:
     probabilities = {"type": "object", "properties": {c: {"type": "number"} for c in CODES}}
     errors = {str(code): {"description": text, "content": {"application/json": {"schema": ERROR}}}
-              for code, text in ((400, "no image field or an unreadable image"), (413, "upload over 10 MB"),
-                                 (415, "the upload is not an image"), (422, "cannot assess this image"),
-                                 (429, "too many requests from this client"))}
+              for code, text in ((400, "no image field or an unreadable image"),
+                                 (413, f"upload over {max_upload_mb} MB"), (415, "the upload is not an image"),
+                                 (422, "cannot assess this image"), (429, "too many requests from this client"))}
     return {
         "openapi": "3.0.3",
         "info": {"title": "skinlesion", "version": version,

@@ -85,7 +85,8 @@ def security_headers(response):
 @bp.app_errorhandler(HTTPException)
 def http_error(error: HTTPException):
     if error.code == 413:
-        return api_error(413, "too_large", "The upload is larger than 10 MB. Please send a smaller photo.")
+        return api_error(413, "too_large", f"The upload is larger than {current_app.config['MAX_UPLOAD_MB']} MB. "
+                                           f"Please send a smaller photo.")
     if request.path.startswith("/api/") or request.path == "/healthz" or error.code >= 500:
         return api_error(error.code, error.name.lower().replace(" ", "_"), error.description)
     return render_template("error.html", error=error, disclaimer=DISCLAIMER_DETAIL), error.code
@@ -148,7 +149,7 @@ def model_card():
 
 @bp.get("/api/v1/openapi.json")
 def openapi():
-    return jsonify(openapi_document(__version__))
+    return jsonify(openapi_document(__version__, current_app.config["MAX_UPLOAD_MB"]))
 
 
 @bp.post("/api/v1/predict")
