@@ -122,3 +122,32 @@ def test_page_is_keyboard_operable(live_server, browser):
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
     assert "file" in focused and "camera" in focused
+
+
+def axe_violations(page) -> list[str]:
+    """Run axe-core (WCAG 2 A/AA rules, colour contrast included) on the page as it is; return what it flags."""
+    from axe_playwright_python.sync_playwright import Axe
+    found = Axe().run(page).response["violations"]
+    return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}" for v in found]
+
+
+@pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 800}])
+def test_every_page_and_state_passes_axe(live_server, browser, lesion_jpeg, tmp_path, viewport):
+    photo, text = tmp_path / "lesion.jpg", tmp_path / "notes.txt"
+    photo.write_bytes(lesion_jpeg)
+    text.write_text("this is not a photo")
+    page = browser.new_page(viewport=viewport)
+    for path in ("/", "/about", "/no-such-page"):
+        page.goto(live_server + path)
+        assert axe_violations(page) == [], path
+    page.goto(live_server)
+    page.set_input_files("#file", str(photo))
+    page.click("#analyse")
+    page.wait_for_selector("#answer", state="visible", timeout=30_000)
+    assert axe_violations(page) == [], "the answer with its heatmap"
+    page.click("#toggle-heatmap")
+    assert axe_violations(page) == [], "the answer without its heatmap"
+    page.set_input_files("#file", str(text))
+    page.click("#analyse")
+    page.wait_for_selector("#error", state="visible", timeout=30_000)
+    assert axe_violations(page) == [], "the error"
