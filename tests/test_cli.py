@@ -5,7 +5,7 @@ from skinlesion.cli import main
 from skinlesion.classes import CODES, ISIC2018_CODES
 from skinlesion.imaging import RESIZE_POLICIES
 from skinlesion.models import MODELS, VIEW_COUNTS
-from skinlesion.predict import SUBMISSION_COLUMNS
+from skinlesion.predict import OUTPUT_COLUMNS
 from skinlesion.presets import AUGMENTATIONS
 from skinlesion.splits import BALANCE_PRESETS, PROTOCOLS, SPLITS
 from skinlesion.training import IMBALANCE, SELECT
@@ -20,7 +20,7 @@ def option(command: str, name: str) -> click.Option:
     ("prepare", "policy", list(RESIZE_POLICIES)), ("train", "imbalance", list(IMBALANCE)),
     ("train", "select", list(SELECT)), ("compare", "select", list(SELECT)), ("evaluate", "split", list(SPLITS)),
     ("ensemble", "views", [str(n) for n in VIEW_COUNTS]), ("train", "augmentation", list(AUGMENTATIONS)),
-    ("predict", "output_format", list(SUBMISSION_COLUMNS)),
+    ("predict", "output_format", list(OUTPUT_COLUMNS)),
 ])
 def test_the_command_line_offers_exactly_the_names_the_library_knows(command, name, names):
     assert list(option(command, name).type.choices) == names

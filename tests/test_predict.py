@@ -47,6 +47,34 @@ def test_predict_folder_writes_an_isic_submission_and_reports_skips(tiny_onnx, i
     assert "broken.jpg: not a readable image" in result.output
 
 
+def test_predict_writes_the_web_apps_answer_for_each_photo(tiny_onnx, image_folder, prepared32, tmp_path):
+    from skinlesion.prepare import read_manifest
+    from skinlesion.web import create_app
+
+    manifest = read_manifest(prepared32)  # one photo named like one the model trained on: flagged, as on the page
+    trained = manifest[manifest["split"] == "train"]["image"].iloc[0]
+    shutil.copy(sorted(image_folder.glob("ISIC_*.jpg"))[0], image_folder / f"{trained}.jpg")
+    out = tmp_path / "answers.csv"
+    args = ["predict", str(image_folder), "--model", str(tiny_onnx), "--output", str(out), "--format", "assessments"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == ["image", "label", "probability", "risk", "uncertain", "refer", "concern",
+                                   "seen_by_model", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+    assert len(frame) == 6 and frame.set_index("image").loc[trained, "seen_by_model"] == "train"
+    client = create_app({"TESTING": True, "MODEL": str(tiny_onnx)}).test_client()
+    for row in frame.to_dict("records"):
+        photo = (image_folder / f"{row['image']}.jpg").read_bytes()
+        api = client.post("/api/v1/predict", data={"image": (io.BytesIO(photo), f"{row['image']}.jpg")},
+                          content_type="multipart/form-data").json
+        assert (row["label"], row["risk"], row["seen_by_model"] or None) == (api["label"], api["risk"],
+                                                                              api["seen_by_model"])
+        assert (str(row["uncertain"]), str(row["refer"])) == (str(api["uncertain"]), str(api["refer"]))
+        assert row["probability"] == pytest.approx(api["probability"], abs=1e-6)
+        assert row["concern"] == pytest.approx(api["concern"], abs=1e-6)
+        assert [row[c] for c in api["probabilities"]] == pytest.approx(list(api["probabilities"].values()), abs=1e-6)
+
+
 def test_predict_says_which_folder_holds_no_photos_and_where_they_may_be(tiny_onnx, image_folder, tmp_path):
     layout = tmp_path / "layout"  # the official layout's top folder: photos one level down
     (layout / "ISIC_2019_Training_Input").mkdir(parents=True)

@@ -228,20 +228,23 @@ def export(model_path, out, prepared_dir, fp16, card_path, referral_sensitivity)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="An .onnx file from 'skinlesion export' (default: the bundled model).")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Write an ISIC submission CSV (image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC) instead of a table.")
-@click.option("--format", "output_format", type=click.Choice(["isic2019", "isic2019-unk", "isic2018"]),
-              default="isic2019", show_default=True, help="Classes of the --output CSV; isic2019-unk adds the ISIC "
-              "2019 test set's UNK (none of the others) as 0; isic2018: MEL,NV,BCC,AKIEC,BKL,DF,VASC.")
+              help="Write a CSV instead of a table: by default an ISIC submission "
+              "(image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC).")
+@click.option("--format", "output_format", type=click.Choice(["isic2019", "isic2019-unk", "isic2018", "assessments"]),
+              default="isic2019", show_default=True, help="Columns of the --output CSV; isic2019-unk adds the ISIC "
+              "2019 test set's UNK (none of the others) as 0; isic2018: MEL,NV,BCC,AKIEC,BKL,DF,VASC; assessments: "
+              "the web app's answer (label, probability, risk, uncertain, refer, concern, seen_by_model) and the "
+              "eight probabilities.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Photos per onnxruntime call.")
 def predict(inputs, model_path, output, output_format, batch_size):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from collections import Counter
 
-    from skinlesion.predict import SUBMISSION_COLUMNS, Predictor, image_files
+    from skinlesion.predict import OUTPUT_COLUMNS, Predictor, image_files
 
     if output_format != "isic2019" and not output:
-        raise click.UsageError(f"--format {output_format} sets the classes of the --output CSV; add --output FILE")
+        raise click.UsageError(f"--format {output_format} sets the columns of the --output CSV; add --output FILE")
     predictor = fail_cleanly(lambda: Predictor(model_path))
     if output:
         fail_cleanly(lambda: check_writable(output))
@@ -257,8 +260,8 @@ def predict(inputs, model_path, output, output_format, batch_size):
     if not rows:  # a mistyped folder must not pass for an empty result
         raise click.ClickException(f"no readable image among {len(inputs)} input(s); nothing predicted or written")
     if output:
-        frame = pd.DataFrame([{"image": name, **predictor.submission_row(probs, output_format)}
-                              for name, probs, _ in rows], columns=["image", *SUBMISSION_COLUMNS[output_format]])
+        frame = pd.DataFrame([{"image": name, **predictor.output_row(probs, output_format, met)}
+                              for name, probs, met in rows], columns=["image", *OUTPUT_COLUMNS[output_format]])
         fail_cleanly(lambda: frame.to_csv(output, index=False, float_format="%.6f"))
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:

@@ -21,9 +21,12 @@ METADATA_KEY = "skinlesion"
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
 
 
-# The classes of each ISIC submission CSV `predict --output` writes: ISIC 2019's eight; the same with the ISIC 2019
-# test set's UNK ("none of the others"), whose truth has that ninth column; ISIC 2018's seven.
+# The columns (after `image`) of each CSV `predict --output` writes. ISIC submissions: ISIC 2019's eight classes; the
+# same with the ISIC 2019 test set's UNK ("none of the others"), whose truth has that ninth column; ISIC 2018's seven.
 SUBMISSION_COLUMNS = {"isic2019": CODES, "isic2019-unk": (*CODES, UNKNOWN_CODE), "isic2018": ISIC2018_CODES}
+# `assessments`: the web API's answer for each photo (Predictor.answer), then the eight probabilities.
+ANSWER_FIELDS = ("label", "probability", "risk", "uncertain", "refer", "concern")
+OUTPUT_COLUMNS = {**SUBMISSION_COLUMNS, "assessments": (*ANSWER_FIELDS, "seen_by_model", *CODES)}
 
 
 @dataclass
@@ -94,18 +97,27 @@ class Predictor:
         threshold = self.referral["threshold"] if self.referral else np.inf
         return float(concern(row, classes)[0]), bool(refers(row, classes, threshold)[0])
 
+    def answer(self, probabilities: dict) -> dict:
+        """Return the answer to one photo as the web app gives it (ANSWER_FIELDS): the top class and its probability,
+        its risk group, whether it is unsure, and whether the referral rule sends the person to a dermatologist."""
+        label = max(probabilities, key=probabilities.get)
+        concern, refer = self.refers(probabilities)
+        return {"label": label, "probability": probabilities[label], "risk": BY_CODE[label].risk,
+                "uncertain": is_uncertain(probabilities[label]), "refer": refer, "concern": concern}
+
     def table_row(self, name: str, probabilities: dict) -> str:
         """Render one photo's answer as `predict` prints it, flagged as the web page flags it: a benign answer the
         referral rule still sends on, an unsure one."""
-        top = max(probabilities, key=probabilities.get)
-        lesion = BY_CODE[top]
-        flags = "  have it checked: cancer not ruled out" if (lesion.risk == "benign"
-                                                              and self.refers(probabilities)[1]) else ""
-        flags += "  uncertain" if is_uncertain(probabilities[top]) else ""
-        return f"{name:32s} {top:5s} {probabilities[top]:6.1%}  {lesion.name} ({lesion.risk}){flags}"
+        answer = self.answer(probabilities)
+        top, risk = answer["label"], answer["risk"]
+        flags = "  have it checked: cancer not ruled out" if risk == "benign" and answer["refer"] else ""
+        flags += "  uncertain" if answer["uncertain"] else ""
+        return f"{name:32s} {top:5s} {answer['probability']:6.1%}  {BY_CODE[top].name} ({risk}){flags}"
 
-    def submission_row(self, probabilities: dict, output_format: str) -> dict:
-        """Return one photo's row of an ISIC submission CSV in SUBMISSION_COLUMNS[output_format]'s classes."""
+    def output_row(self, probabilities: dict, output_format: str, seen_by_model: str | None = None) -> dict:
+        """Return one photo's row of a `predict --output` CSV in OUTPUT_COLUMNS[output_format]."""
+        if output_format == "assessments":
+            return {**self.answer(probabilities), "seen_by_model": seen_by_model, **probabilities}
         if output_format == "isic2018":
             return self.as_isic2018(probabilities)
         if output_format == "isic2019-unk":  # the model knows no such class, so it calls no photo unknown
@@ -134,15 +146,13 @@ class Predictor:
         if reason:
             return Assessment(assessable=False, reason=reason)
         probs, maps = self.run(pixels[None])
-        top = int(probs[0].argmax())
-        label = self.classes[top]
         shape = image.info["original_size"] if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
         probabilities = self.all_codes(probs[0])
-        total, refer = self.refers(probabilities)
-        return Assessment(assessable=True, label=label, probabilities=probabilities,
-                          risk=BY_CODE[label].risk, uncertain=is_uncertain(float(probs[0, top])),
-                          concern=total, refer=refer,
-                          heatmap_png=heatmap_overlay(pixels, maps[0, top], shape) if heatmap else None,
+        answer = self.answer(probabilities)
+        class_map = maps[0, self.classes.index(answer["label"])]
+        return Assessment(assessable=True, probabilities=probabilities,
+                          **{k: v for k, v in answer.items() if k != "probability"},
+                          heatmap_png=heatmap_overlay(pixels, class_map, shape) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str | None]], list]:
