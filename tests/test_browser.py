@@ -88,8 +88,9 @@ def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, b
     assert page.locator("#bars li").count() == 8
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-result.png"), full_page=True)
+    assert "where the model looked, not where any disease is" in page.inner_text("#heatmap-key")
     page.click("#toggle-heatmap")
-    assert page.is_hidden("#heatmap") and page.is_visible("#plain")
+    assert page.is_hidden("#heatmap") and page.is_visible("#plain") and page.is_hidden("#heatmap-key")
     assert page.is_hidden("#seen")
     manifest = read_manifest(prepared32)  # the same photo, named like one the served model trained on
     named = tmp_path / f"{manifest[manifest['split'] == 'train']['image'].iloc[0]}.jpg"

@@ -69,6 +69,7 @@ function showAnswer(body) {
 
 function setHeatmap(on) {
   $("heatmap").hidden = !on;
+  $("heatmap-key").hidden = !on;
   $("plain").hidden = on;
   $("toggle-heatmap").setAttribute("aria-pressed", String(on));
   $("toggle-heatmap").textContent = on ? "Hide heatmap" : "Show heatmap";
