@@ -37,6 +37,12 @@ def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepa
     assert referral == {"threshold": Predictor(exported).referral["threshold"], **Predictor(exported).referral["test"]}
     assert f"referral (MEL+BCC+AK+SCC >= {referral['threshold']:.3f}): sensitivity" in result.output
     assert scored[0]["balanced_accuracy"] == pytest.approx(scored[1]["balanced_accuracy"], abs=0.01)
+    # Scored by sex, age and body site from the data folder's metadata: every scored photo in one group of each.
+    groups = pd.read_csv(onnx_report / "subgroups.csv")
+    assert set(groups["attribute"]) == {"sex", "age", "site"} and "referral_sensitivity" in groups.columns
+    assert (groups.groupby("attribute")["images"].sum() == scored[0]["images"]).all()
+    assert {"male", "female"} <= set(groups["group"]) and "posterior torso" in set(groups["group"])
+    assert all(f"by {attribute}: " in result.output for attribute in ("sex", "age", "site"))
     predictions = [pd.read_csv(report / "predictions.csv", index_col="image") for report in (onnx_report, torch_report)]
     assert np.abs(predictions[0].to_numpy() - predictions[1].to_numpy()).max() < 1e-3
     ranked = np.sort(predictions[1].to_numpy(), axis=1)

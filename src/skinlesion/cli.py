@@ -177,6 +177,8 @@ def evaluate(model_path, prepared_dir, split, out_dir):
     click.echo(describe_metrics(metrics))
     if "referral" in metrics:
         click.echo(describe_referral(metrics["referral"]["threshold"], metrics["referral"], list(metrics["recall"])))
+    subgroups = metrics["subgroups"]
+    click.echo("\n".join(subgroups) if isinstance(subgroups, list) else f"by sex, age and site: {subgroups}")
     click.echo(metrics["seen_check"])
     click.echo(f"report: {out_dir}")
 

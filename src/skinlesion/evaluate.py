@@ -12,6 +12,7 @@ from skinlesion.imaging import check_model_input
 from skinlesion.metrics import confidence_bins, confusion_matrix, expected_calibration_error, per_class_table, summarise
 from skinlesion.referral import referral_scores
 from skinlesion.seen import seen_before
+from skinlesion.subgroups import describe_subgroups, patient_groups_or_reason, subgroup_table
 
 
 def write_submission(path: Path, images, probs: np.ndarray, classes, columns=CODES) -> None:
@@ -100,7 +101,7 @@ def resolve_model(path: Path) -> Path:
 
 def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Path | None = None) -> tuple[dict, Path]:
     """Score a saved model (model.pt or an exported .onnx file) on one split of prepared data; write the report."""
-    from skinlesion.prepare import load_prepared, photo_hashes
+    from skinlesion.prepare import load_prepared, photo_hashes, read_summary
 
     model_path = resolve_model(model_path)
     prepared = load_prepared(prepared_dir)
@@ -129,11 +130,19 @@ def evaluate_model(model_path: Path, prepared_dir: Path, split: str, out_dir: Pa
     extra = {"split": split, "model": str(model_path), "prepared": str(prepared_dir), "seen_check": seen_check,
              "temperature": meta["temperature"], "class_bias": list(meta["class_bias"]),
              "ece_uncalibrated": expected_calibration_error(softmax(logits), y_true)}
-    if meta.get("referral"):  # exported files since 2026-12-02 (referral.py)
-        threshold = meta["referral"]["threshold"]
+    threshold = meta["referral"]["threshold"] if meta.get("referral") else None  # exported files since 2026-12-02
+    if threshold is not None:
         extra["referral"] = {"threshold": threshold,
                              **referral_scores(probs, rows["label"].to_numpy(), classes, threshold)}
-    return write_report(out_dir, rows["image"], y_true, probs, classes, extra), out_dir
+    # By sex, age and body site, from the metadata CSV of the folder the data was prepared from.
+    groups, reason = patient_groups_or_reason(read_summary(prepared_dir)["data"])
+    subgroups = None if groups is None else subgroup_table(rows["image"], rows["label"], probs, classes, groups,
+                                                           threshold)
+    extra["subgroups"] = describe_subgroups(subgroups) if subgroups is not None else f"not scored: {reason}"
+    metrics = write_report(out_dir, rows["image"], y_true, probs, classes, extra)
+    if subgroups is not None:
+        subgroups.to_csv(out_dir / "subgroups.csv", index=False, float_format="%.4f")
+    return metrics, out_dir
 
 
 def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
