@@ -19,8 +19,11 @@ def test_patient_groups_come_from_the_real_metadata_whatever_the_sex_column_is_c
     assert row["sex"] == (meta["sex"].iloc[0] or "unknown")
     meta.rename(columns={"sex": "gender"}).drop(columns=["anatom_site_general"]).to_csv(small_layout / METADATA_CSV,
                                                                                          index=False)
-    again = read_patient_groups(small_layout)
-    assert again["sex"].equals(groups["sex"]) and (again["site"] == "unknown").all()
+    again = read_patient_groups(small_layout)  # a column it lacks is not scored at all
+    assert again["sex"].equals(groups["sex"]) and list(again.columns) == ["image", "sex", "age"]
+    meta[["image", "lesion_id"]].to_csv(small_layout / METADATA_CSV, index=False)
+    with pytest.raises(DataError, match="none of the columns sex, age_approx, anatom_site_general"):
+        read_patient_groups(small_layout)
     (small_layout / METADATA_CSV).unlink()
     with pytest.raises(DataError, match=f"{METADATA_CSV}: file not found"):
         read_patient_groups(small_layout)

@@ -16,14 +16,18 @@ UNKNOWN = "unknown"
 
 
 def read_patient_groups(data_dir: Path) -> pd.DataFrame:
-    """Return (image, sex, age, site) from a data folder's metadata CSV, 'unknown' where a value is missing; raise
-    DataError naming the file when there is none or it lacks the image column."""
-    table = read_csv_columns(Path(data_dir) / METADATA_CSV, ("image",))
+    """Return image and those of sex, age (band) and site that a data folder's metadata CSV has, 'unknown' where a
+    value is missing; raise DataError naming the file when there is none or it has none of them."""
+    csv = Path(data_dir) / METADATA_CSV
+    table = read_csv_columns(csv, ("image",))
     table = table.rename(columns={"gender": "sex"}) if "sex" not in table.columns else table
     groups = pd.DataFrame({"image": table["image"].str.strip()})
     for name, column in ATTRIBUTES.items():
-        values = table[column].str.strip() if column in table.columns else pd.Series("", index=table.index)
-        groups[name] = age_band(values) if name == "age" else values.replace("", UNKNOWN)
+        if column in table.columns:
+            values = table[column].str.strip()
+            groups[name] = age_band(values) if name == "age" else values.replace("", UNKNOWN)
+    if len(groups.columns) == 1:
+        raise DataError(f"{csv}: none of the columns {', '.join(ATTRIBUTES.values())}")
     return groups.drop_duplicates("image")
 
 
@@ -47,7 +51,7 @@ def subgroup_table(images, labels, probs: np.ndarray, classes, groups: pd.DataFr
     y_true = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     y_pred = np.asarray(probs).argmax(1)
     rows = []
-    for attribute in ATTRIBUTES:
+    for attribute in [name for name in ATTRIBUTES if name in groups.columns]:
         for group, members in frame.groupby(attribute, sort=True):
             at = members.index.to_numpy()
             truth, guess = y_true[at], y_pred[at]
