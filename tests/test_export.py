@@ -155,3 +155,21 @@ def test_add_referral_gives_an_older_file_the_rule_export_would_have_fitted(tiny
                                         "--referral-sensitivity", "1.5"])
     assert refused.exit_code == 1 and "Error: referral sensitivity 1.5: give the share" in refused.output
     assert not (tmp_path / "no.onnx").exists()
+
+
+def test_the_card_shows_the_test_split_by_patient_group(tiny_onnx, prepared32, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_onnx.parent / "model.pt", run)  # a copy: the shared run folder stays without reports
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(prepared32), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    out, card = tmp_path / "m.onnx", tmp_path / "MODEL_CARD.md"
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(out), "--card", str(card)])
+    assert result.exit_code == 0, result.output
+    lines = json.loads((run / "eval-test" / "metrics.json").read_text())["subgroups"]
+    assert [line.split(":")[0] for line in lines] == ["by sex", "by age", "by site"]
+    text = card.read_text()
+    assert all(f"- {line}" in text for line in lines)
+    assert text.index("## Test split") < text.index("- by sex: ") < text.index("## Checking the test figures")

@@ -124,6 +124,9 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                   f"probabilities assume ({m['ece']:.3f} unweighted).", "",
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
                   "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
+        if isinstance(m.get("subgroups"), list):  # evaluate's lines by sex, age and site (subgroups.py)
+            lines += ["Balanced accuracy (photos) by patient group; a group's classes differ, so compare with care:",
+                      "", *[f"- {line}" for line in m["subgroups"]], ""]
     lines += reproduce_lines(onnx_path, card)
     lines += ["## Data and limitations", ""] + data_lines(card.get("data")) + [
               "- Every choice (epochs, recipe, ensemble members) and the calibration were made on the validation "
