@@ -43,6 +43,20 @@ def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepa
     assert (groups.groupby("attribute")["images"].sum() == scored[0]["images"]).all()
     assert {"male", "female"} <= set(groups["group"]) and "posterior torso" in set(groups["group"])
     assert all(f"by {attribute}: " in result.output for attribute in ("sex", "age", "site"))
+    # The file against the model it came from, paired on the same photos: no difference.
+    paired = CliRunner().invoke(main, ["paired", str(torch_report), str(onnx_report)])
+    assert paired.exit_code == 0, paired.output
+    assert "no clear difference (the interval holds 0)" in paired.output
+    assert float(paired.output.split("same top class: ")[1].split("%")[0]) >= 99  # a near-tie may flip
+    assert f"balanced accuracy {scored[0]['balanced_accuracy']:.4f}" in paired.output
+    val_report = tmp_path / "val"
+    assert CliRunner().invoke(main, ["evaluate", str(exported.parent), "--data", str(prepared32), "--split", "val",
+                                     "--out", str(val_report)]).exit_code == 0
+    other = CliRunner().invoke(main, ["paired", str(torch_report), str(val_report)])
+    assert other.exit_code == 1 and "scored other photos" in other.output and "Traceback" not in other.output
+    missing = CliRunner().invoke(main, ["paired", str(torch_report), str(tmp_path / "nothing")])
+    assert missing.exit_code == 1 and "nothing/truth.csv: not the truth.csv of a 'skinlesion evaluate' report" \
+        in missing.output
     predictions = [pd.read_csv(report / "predictions.csv", index_col="image") for report in (onnx_report, torch_report)]
     assert np.abs(predictions[0].to_numpy() - predictions[1].to_numpy()).max() < 1e-3
     ranked = np.sort(predictions[1].to_numpy(), axis=1)

@@ -7,7 +7,7 @@ import pytest
 from skinlesion.calibration import softmax
 from skinlesion.evaluate import write_submission, write_truth
 from skinlesion.metrics import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix, describe_metrics,
-                                expected_calibration_error, per_class_table, roc_auc, summarise)
+                                expected_calibration_error, paired_difference, per_class_table, roc_auc, summarise)
 
 
 def test_balanced_accuracy_by_hand():
@@ -63,3 +63,18 @@ def test_official_scorer_agrees_with_our_balanced_accuracy(tmp_path):
     ours = balanced_accuracy(y, probs.argmax(1), 6)
     assert 0.3 < ours < 0.95
     assert official == pytest.approx(ours, abs=1e-9)
+
+
+def test_paired_difference_sees_a_small_gain_the_separate_intervals_cannot():
+    y = np.repeat([0, 1], 100)
+    a = y.copy()
+    a[[*range(20), *range(100, 120)]] = 1 - y[[*range(20), *range(100, 120)]]  # 80% right in each class
+    b = a.copy()
+    b[:8] = 0  # B also gets 8 of A's wrong class-0 images right, and nothing else changes
+    difference, low, high = paired_difference(y, a, b, 2)
+    assert difference == pytest.approx(0.04) and 0 < low < difference < high
+    a_low, a_high = balanced_accuracy_interval(y, a, 2)
+    b_low, b_high = balanced_accuracy_interval(y, b, 2)
+    assert b_low < a_high  # separately, the two intervals overlap
+    assert paired_difference(y, a, a, 2) == (0.0, 0.0, 0.0)
+    assert paired_difference(y, b, a, 2)[0] == pytest.approx(-0.04)

@@ -184,6 +184,16 @@ def evaluate(model_path, prepared_dir, split, out_dir):
 
 
 @main.command()
+@click.argument("report_a", type=click.Path(path_type=Path))
+@click.argument("report_b", type=click.Path(path_type=Path))
+def paired(report_a, report_b):
+    """Is model B better than A? Two 'evaluate' reports on the same photos, by a paired bootstrap."""
+    from skinlesion.evaluate import describe_paired, paired_reports
+
+    click.echo("\n".join(describe_paired(fail_cleanly(lambda: paired_reports(report_a, report_b)), report_a, report_b)))
+
+
+@main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the model.pt.")
 @click.option("--data", "prepared_dir", type=click.Path(path_type=Path), default=None,

@@ -9,7 +9,8 @@ import pandas as pd
 from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
 from skinlesion.imaging import check_model_input
-from skinlesion.metrics import confidence_bins, confusion_matrix, expected_calibration_error, per_class_table, summarise
+from skinlesion.metrics import (balanced_accuracy, confidence_bins, confusion_matrix, expected_calibration_error,
+                                paired_difference, per_class_table, summarise)
 from skinlesion.referral import referral_scores
 from skinlesion.seen import seen_before
 from skinlesion.subgroups import describe_subgroups, patient_groups_or_reason, subgroup_table
@@ -157,3 +158,58 @@ def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray
     # Files exported before class offsets have none; the record of seen photos lives apart from the card.
     card = {"class_bias": [0.0] * len(predictor.classes), **predictor.card, "seen": predictor.seen}
     return np.concatenate([predictor.logits(pixels[i:i + 32]) for i in batches]), card
+
+
+def read_report(report_dir: Path) -> pd.DataFrame:
+    """Return (image, truth, predicted) from an `evaluate` report's truth.csv and predictions.csv, naming a missing or
+    damaged file."""
+    tables = {}
+    for name in ("truth.csv", "predictions.csv"):
+        path = Path(report_dir) / name
+        try:
+            table = pd.read_csv(path).set_index("image")
+            tables[name] = table.idxmax(axis=1) if len(table.columns) else None
+        except (OSError, KeyError, ValueError, pd.errors.ParserError) as error:
+            raise ValueError(f"{path}: not the {name} of a 'skinlesion evaluate' report ({error})") from None
+        if tables[name] is None:
+            raise ValueError(f"{path}: no class columns")
+    truth, predicted = tables["truth.csv"], tables["predictions.csv"]
+    if not truth.index.equals(predicted.index):
+        raise ValueError(f"{report_dir}: truth.csv and predictions.csv list other images")
+    return pd.DataFrame({"truth": truth, "predicted": predicted})
+
+
+def paired_reports(report_a: Path, report_b: Path) -> dict:
+    """Compare two `evaluate` reports on the same photos: each balanced accuracy, B minus A with its paired 95%
+    interval (metrics.paired_difference), each class's recall, and how often the two give the same top class."""
+    a, b = read_report(report_a), read_report(report_b)
+    if set(a.index) != set(b.index):
+        only = sorted(set(a.index) ^ set(b.index))
+        raise ValueError(f"{report_a} and {report_b} scored other photos ({len(only)} in one only, e.g. {only[0]}); "
+                         f"evaluate both models on the same prepared folder and split")
+    b = b.loc[a.index]
+    if not a["truth"].equals(b["truth"]):
+        raise ValueError(f"{report_a} and {report_b} give the same photos other labels; they come from other data")
+    classes = sorted(set(a["truth"]) | set(a["predicted"]) | set(b["predicted"]),
+                     key=lambda c: (CODES.index(c) if c in CODES else len(CODES), c))  # ISIC's order first
+    index = {c: i for i, c in enumerate(classes)}
+    y, pred_a, pred_b = (frame.map(index).to_numpy() for frame in (a["truth"], a["predicted"], b["predicted"]))
+    difference, low, high = paired_difference(y, pred_a, pred_b, len(classes))
+    recall = {name: {c: float((pred[y == index[c]] == index[c]).mean()) for c in classes if (y == index[c]).any()}
+              for name, pred in (("a", pred_a), ("b", pred_b))}
+    return {"images": int(len(y)), "bacc_a": balanced_accuracy(y, pred_a, len(classes)),
+            "bacc_b": balanced_accuracy(y, pred_b, len(classes)), "difference": difference, "ci95": [low, high],
+            "recall_a": recall["a"], "recall_b": recall["b"], "same_top_class": float((pred_a == pred_b).mean())}
+
+
+def describe_paired(result: dict, report_a: Path, report_b: Path) -> list[str]:
+    """Say what paired_reports found, the difference first."""
+    low, high = result["ci95"]
+    verdict = "B is better" if low > 0 else "A is better" if high < 0 else "no clear difference (the interval holds 0)"
+    return [f"A: {report_a}  balanced accuracy {result['bacc_a']:.4f}",
+            f"B: {report_b}  balanced accuracy {result['bacc_b']:.4f}",
+            f"B - A: {result['difference']:+.4f} (95% interval {low:+.3f} to {high:+.3f}, paired bootstrap within "
+            f"classes over {result['images']} photos): {verdict}",
+            "recall A -> B: " + "  ".join(f"{c} {result['recall_a'][c]:.3f}->{result['recall_b'][c]:.3f}"
+                                          for c in result["recall_a"]),
+            f"same top class: {result['same_top_class']:.1%} of photos"]

@@ -35,6 +35,27 @@ def balanced_accuracy_interval(y_true: np.ndarray, y_pred: np.ndarray, k: int, r
     return float(low), float(high)
 
 
+def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, k: int, rounds: int = 10_000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Balanced accuracy of B minus A on the same images, with its 95% interval by a paired bootstrap: images are
+    resampled within each class with both models' answers kept together, so an image both get right (or wrong)
+    moves neither, and the interval is far narrower than the two separate intervals suggest."""
+    y_true, right_a, right_b = np.asarray(y_true), np.asarray(pred_a) == y_true, np.asarray(pred_b) == y_true
+    present = [c for c in range(k) if (y_true == c).any()]
+    if not present:
+        return 0.0, 0.0, 0.0
+    rng, differences = np.random.default_rng(seed), np.zeros(rounds)
+    for c in present:
+        a, b = right_a[y_true == c], right_b[y_true == c]
+        # Each image is one of: only A right, only B right, or the same for both; resample the class's n images.
+        cells = np.array([(a & ~b).sum(), (~a & b).sum(), (a == b).sum()])
+        draws = rng.multinomial(len(a), cells / len(a), size=rounds)
+        differences += (draws[:, 1] - draws[:, 0]) / len(a)
+    differences /= len(present)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return balanced_accuracy(y_true, pred_b, k) - balanced_accuracy(y_true, pred_a, k), float(low), float(high)
+
+
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """One-vs-rest ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; nan if one-sided."""
     n_pos, n_neg = positive.sum(), (~positive).sum()
