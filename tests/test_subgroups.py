@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from skinlesion.isic import METADATA_CSV, DataError
-from skinlesion.subgroups import age_band, patient_groups_or_reason, read_patient_groups, subgroup_table
+from skinlesion.subgroups import (age_band, describe_subgroups, patient_groups_or_reason, read_patient_groups,
+                                  subgroup_table)
 
 
 def test_age_bands_and_unknown_values():
@@ -51,3 +52,6 @@ def test_each_group_is_scored_on_its_own_photos():
     # Referral: MEL and BCC are the concerning classes here; male's one BCC photo was called MEL, so it is referred.
     assert male["referral_sensitivity"] == 1.0 and female["referral_sensitivity"] == 0.5
     assert male["bacc_low"] <= male["balanced_accuracy"] <= male["bacc_high"]
+    lines = describe_subgroups(table.reset_index())
+    assert lines[0] == "by sex: female 0.500 (2), male 0.500 (3), unknown 1.000 (1)" and len(lines) == 3
+    assert describe_subgroups(subgroup_table([], [], np.zeros((0, 3)), classes, groups)) == []

@@ -72,6 +72,8 @@ def subgroup_table(images, labels, probs: np.ndarray, classes, groups: pd.DataFr
 
 def describe_subgroups(table: pd.DataFrame) -> list[str]:
     """One line per attribute: each group's balanced accuracy and size."""
+    if table.empty:
+        return []
     return [f"by {attribute}: " + ", ".join(f"{row.group} {row.balanced_accuracy:.3f} ({row.images})"
                                             for row in groups.itertuples())
             for attribute, groups in table.groupby("attribute", sort=False)]
