@@ -43,6 +43,15 @@ def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepa
     assert (groups.groupby("attribute")["images"].sum() == scored[0]["images"]).all()
     assert {"male", "female"} <= set(groups["group"]) and "posterior torso" in set(groups["group"])
     assert all(f"by {attribute}: " in result.output for attribute in ("sex", "age", "site"))
+    # Cancers and pre-cancers against benign lesions by the rule's score, from the report's own CSVs; its curves.
+    from skinlesion.metrics import roc_auc
+    from skinlesion.referral import concerning, referral_score
+    probs = pd.read_csv(onnx_report / "predictions.csv", index_col="image")
+    truth = pd.read_csv(onnx_report / "truth.csv", index_col="image").idxmax(axis=1)
+    expected = roc_auc(referral_score(probs.to_numpy(), list(probs.columns)), truth.isin(concerning(probs.columns)))
+    assert 0.5 < scored[0]["referral_auc"] == pytest.approx(expected, abs=1e-6)
+    assert f"by the referral score: AUC {expected:.4f} (roc.png)" in result.output
+    assert (onnx_report / "roc.png").stat().st_size > 10_000
     # The file against the model it came from, paired on the same photos: no difference.
     paired = CliRunner().invoke(main, ["paired", str(torch_report), str(onnx_report)])
     assert paired.exit_code == 0, paired.output

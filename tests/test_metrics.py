@@ -7,7 +7,8 @@ import pytest
 from skinlesion.calibration import softmax
 from skinlesion.evaluate import write_submission, write_truth
 from skinlesion.metrics import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix, describe_metrics,
-                                expected_calibration_error, paired_difference, per_class_table, roc_auc, summarise)
+                                expected_calibration_error, paired_difference, per_class_table, roc_auc, roc_points,
+                                summarise)
 
 
 def test_balanced_accuracy_by_hand():
@@ -19,6 +20,18 @@ def test_balanced_accuracy_by_hand():
     probs = np.eye(3)[y_pred]
     table = per_class_table(y_true, probs, ["A", "B", "C"])
     assert table.loc["A", "precision"] == pytest.approx(3 / 4) and table.loc["B", "f1"] == pytest.approx(0.5)
+    # Specificity of the top class: of the 3 photos that are not A, 1 was called A; of the 5 not B, 1 called B.
+    assert table["specificity"].tolist() == pytest.approx([2 / 3, 4 / 5, 1.0])
+
+
+def test_roc_points_take_ties_together_and_enclose_the_auc():
+    fpr, tpr = roc_points(np.array([0.9, 0.5, 0.5, 0.1]), np.array([True, True, False, False]))
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]  # the tie is one step, not two
+    rng = np.random.default_rng(3)
+    scores, positive = rng.integers(0, 6, 300).astype(float), rng.random(300) < 0.3  # many ties
+    scores[positive] += 1
+    fpr, tpr = roc_points(scores, positive)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(scores, positive)) and (fpr[-1], tpr[-1]) == (1, 1)
 
 
 def test_balanced_accuracy_interval_widens_with_fewer_images():
@@ -59,10 +72,13 @@ def test_official_scorer_agrees_with_our_balanced_accuracy(tmp_path):
     write_submission(tmp_path / "pred.csv", images, probs, classes, columns=classes)
     out = subprocess.run(["isic-challenge-scoring", "-o", "json", "classification", str(tmp_path / "truth.csv"),
                           str(tmp_path / "pred.csv")], capture_output=True, text=True, check=True).stdout
-    official = json.loads(out)["aggregate"]["balanced_accuracy"]
+    official = json.loads(out)
     ours = balanced_accuracy(y, probs.argmax(1), 6)
     assert 0.3 < ours < 0.95
-    assert official == pytest.approx(ours, abs=1e-9)
+    assert official["aggregate"]["balanced_accuracy"] == pytest.approx(ours, abs=1e-9)
+    # Each class's AUC too (its sensitivity and specificity read the class's probability at 0.5, not the top class).
+    table = per_class_table(y, probs, classes)
+    assert official["per_category"]["auc"] == pytest.approx(table["auc"].to_dict(), abs=1e-9)
 
 
 def test_paired_difference_sees_a_small_gain_the_separate_intervals_cannot():

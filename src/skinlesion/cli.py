@@ -175,6 +175,9 @@ def evaluate(model_path, prepared_dir, split, out_dir):
 
     metrics, out_dir = fail_cleanly(lambda: evaluate_model(model_path, prepared_dir, split, out_dir))
     click.echo(describe_metrics(metrics))
+    if metrics["referral_auc"] is not None:
+        click.echo(f"cancers and pre-cancers against benign lesions, by the referral score: AUC "
+                   f"{metrics['referral_auc']:.4f} (roc.png)")
     if "referral" in metrics:
         click.echo(describe_referral(metrics["referral"]["threshold"], metrics["referral"], list(metrics["recall"])))
     subgroups = metrics["subgroups"]

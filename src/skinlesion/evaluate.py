@@ -10,8 +10,8 @@ from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
 from skinlesion.imaging import check_model_input
 from skinlesion.metrics import (balanced_accuracy, confidence_bins, confusion_matrix, expected_calibration_error,
-                                paired_difference, per_class_table, summarise)
-from skinlesion.referral import referral_scores
+                                paired_difference, per_class_table, roc_auc, roc_points, summarise)
+from skinlesion.referral import concerning, referral_score, referral_scores
 from skinlesion.seen import seen_before
 from skinlesion.subgroups import describe_subgroups, patient_groups_or_reason, subgroup_table
 
@@ -76,14 +76,56 @@ def plot_reliability(probs: np.ndarray, y_true: np.ndarray, path: Path, bins: in
     plt.close(fig)
 
 
+def referral_auc(probs: np.ndarray, y_true: np.ndarray, classes) -> float | None:
+    """Return the AUC of the referral rule's score (referral.referral_score) for telling cancers and pre-cancers from
+    benign lesions, or None where the split lacks one of the two groups."""
+    positive = np.isin(np.asarray(classes)[y_true], concerning(classes))
+    if positive.all() or not positive.any():
+        return None
+    return roc_auc(referral_score(probs, classes), positive)
+
+
+def plot_roc(probs: np.ndarray, y_true: np.ndarray, classes, path: Path, threshold: float | None = None) -> None:
+    """Plot each class's ROC curve against the rest and, where the split holds benign and non-benign photos, the
+    referral score's curve for cancers and pre-cancers against benign lesions, with the rule's threshold marked."""
+    plt = pyplot()
+    auc = referral_auc(probs, y_true, classes)
+    fig, axes = plt.subplots(1, 1 if auc is None else 2, figsize=(4.8 if auc is None else 9.6, 4.8), squeeze=False)
+    for i, code in enumerate(classes):
+        positive = y_true == i
+        if positive.any() and not positive.all():
+            ax = axes[0, 0]
+            ax.plot(*roc_points(probs[:, i], positive), label=f"{code} {roc_auc(probs[:, i], positive):.3f} "
+                                                                f"({positive.sum()})", lw=1.2)
+    axes[0, 0].set_title("each class against the rest (AUC, photos)")
+    if auc is not None:
+        positive = np.isin(np.asarray(classes)[y_true], concerning(classes))
+        ax = axes[0, 1]
+        ax.plot(*roc_points(referral_score(probs, classes), positive), color="black", label=f"AUC {auc:.3f}")
+        if threshold is not None:
+            scores = referral_scores(probs, np.asarray(classes)[y_true], classes, threshold)
+            ax.plot(1 - scores["specificity"], scores["sensitivity"], "o", color="crimson",
+                    label=f"the rule (>= {threshold:.3f})")
+        ax.set_title(f"{'+'.join(concerning(classes))} against benign: referral")
+    for ax in axes[0]:
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_xlabel("false positive rate (1 - specificity)")
+        ax.set_ylabel("true positive rate (sensitivity)")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(out_dir: Path, images, y_true: np.ndarray, probs: np.ndarray, classes, extra: dict) -> dict:
     """Write metrics.json, per_class.csv, the plots, predictions.csv and truth.csv; return the metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {**summarise(y_true, probs, classes), **extra}
+    metrics = {**summarise(y_true, probs, classes), "referral_auc": referral_auc(probs, y_true, classes), **extra}
     per_class_table(y_true, probs, classes).to_csv(out_dir / "per_class.csv", index_label="class")
     plot_confusion(confusion_matrix(y_true, probs.argmax(1), len(classes)), classes, out_dir / "confusion.png")
     plot_reliability(probs, y_true, out_dir / "reliability.png")
+    plot_roc(probs, y_true, classes, out_dir / "roc.png", (extra.get("referral") or {}).get("threshold"))
     write_submission(out_dir / "predictions.csv", images, probs, classes, columns=classes)
     write_truth(out_dir / "truth.csv", images, y_true, classes)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

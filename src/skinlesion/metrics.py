@@ -65,19 +65,35 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_points(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ROC curve of `scores` for telling `positive` rows from the rest: false and true positive rates
+    (from 0 to 1) at every distinct threshold, highest first, tied scores taken together (so the area under the
+    points is roc_auc)."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], positive[order]
+    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]  # a threshold takes every photo tied at it
+    true_pos, false_pos = np.cumsum(hits)[last_of_tie], np.cumsum(~hits)[last_of_tie]
+    return (np.r_[0.0, false_pos / max((~positive).sum(), 1)], np.r_[0.0, true_pos / max(positive.sum(), 1)])
+
+
 def per_class_table(y_true: np.ndarray, probs: np.ndarray, classes) -> pd.DataFrame:
-    """Return precision, recall, F1, AUC and support per class."""
+    """Return precision, recall, specificity, F1, AUC and support per class. Recall and specificity are those of the
+    top class (photos of the class called it; photos of other classes not called it), as balanced accuracy counts;
+    ISIC's scorer instead reads a class's probability at 0.5 for its own sensitivity and specificity."""
     k = len(classes)
     y_pred = probs.argmax(axis=1)
     matrix = confusion_matrix(y_true, y_pred, k)
     tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    others = len(y_true) - support
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(support > 0, tp / support, np.nan)
+        specificity = np.where(others > 0, (others - (predicted - tp)) / others, np.nan)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     auc = [roc_auc(probs[:, i], y_true == i) for i in range(k)]
-    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "auc": auc, "support": support},
-                        index=list(classes))
+    return pd.DataFrame({"precision": precision, "recall": recall, "specificity": specificity, "f1": f1, "auc": auc,
+                         "support": support}, index=list(classes))
 
 
 def confidence_bins(probs: np.ndarray, y_true: np.ndarray, bins: int):

@@ -34,6 +34,12 @@ def refers(probabilities: np.ndarray, classes, threshold: float) -> np.ndarray:
     return top_concerns | (concern(probabilities, classes) >= threshold)
 
 
+def referral_score(probabilities: np.ndarray, classes) -> np.ndarray:
+    """Return each row's score under the rule: infinite where the top class is a cancer or pre-cancer (referred at any
+    threshold), else the non-benign classes' summed probability; `refers` is this score at the threshold or above."""
+    return np.where(refers(probabilities, classes, np.inf), np.inf, concern(probabilities, classes))
+
+
 def check_sensitivity(sensitivity: float) -> None:
     """Refuse a referral target that is not a share of photos (above 0, at most 1)."""
     if not 0 < sensitivity <= 1:
@@ -51,8 +57,7 @@ def fit_referral(probabilities: np.ndarray, labels, classes,
     positive = np.isin(labels, concerning(classes))
     if positive.all() or not positive.any():
         return None
-    # A photo whose top class is already a cancer or pre-cancer is referred at any threshold.
-    scores = np.where(refers(probabilities, classes, np.inf), np.inf, concern(probabilities, classes))[positive]
+    scores = referral_score(probabilities, classes)[positive]
     threshold = min(1.0, float(np.sort(scores)[::-1][math.ceil(sensitivity * len(scores)) - 1]))
     return {"threshold": threshold, "target_sensitivity": sensitivity, "classes": concerning(classes),
             "val": referral_scores(probabilities, labels, classes, threshold)}
