@@ -58,6 +58,16 @@ def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepa
     assert "no clear difference (the interval holds 0)" in paired.output
     assert float(paired.output.split("same top class: ")[1].split("%")[0]) >= 99  # a near-tie may flip
     assert f"balanced accuracy {scored[0]['balanced_accuracy']:.4f}" in paired.output
+    # So are the AUCs, paired the same way: macro AUC and the referral score's.
+    assert f"macro AUC: A {scored[1]['macro_auc']:.4f}, B {scored[0]['macro_auc']:.4f}, B - A " in paired.output
+    assert f"B {scored[0]['referral_auc']:.4f}, B - A " in paired.output.split("referral AUC (MEL+BCC+AK+SCC against "
+                                                                           "benign): ")[1]
+    fewer = tmp_path / "fewer"  # a model without one of the classes: its AUCs are not comparable
+    fewer.mkdir()
+    (fewer / "truth.csv").write_text((torch_report / "truth.csv").read_text())
+    pd.read_csv(torch_report / "predictions.csv").iloc[:, :-1].to_csv(fewer / "predictions.csv", index=False)
+    unlike = CliRunner().invoke(main, ["paired", str(torch_report), str(fewer)])
+    assert unlike.exit_code == 0 and "AUCs: not compared: the models have other classes" in unlike.output
     val_report = tmp_path / "val"
     assert CliRunner().invoke(main, ["evaluate", str(exported.parent), "--data", str(prepared32), "--split", "val",
                                      "--out", str(val_report)]).exit_code == 0

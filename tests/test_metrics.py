@@ -7,8 +7,8 @@ import pytest
 from skinlesion.calibration import softmax
 from skinlesion.evaluate import write_submission, write_truth
 from skinlesion.metrics import (balanced_accuracy, balanced_accuracy_interval, confusion_matrix, describe_metrics,
-                                expected_calibration_error, paired_difference, per_class_table, roc_auc, roc_points,
-                                summarise)
+                                expected_calibration_error, macro_auc, paired_difference, paired_score_difference,
+                                per_class_table, roc_auc, roc_points, summarise)
 
 
 def test_balanced_accuracy_by_hand():
@@ -94,3 +94,14 @@ def test_paired_difference_sees_a_small_gain_the_separate_intervals_cannot():
     assert b_low < a_high  # separately, the two intervals overlap
     assert paired_difference(y, a, a, 2) == (0.0, 0.0, 0.0)
     assert paired_difference(y, b, a, 2)[0] == pytest.approx(-0.04)
+
+
+def test_paired_score_difference_of_aucs():
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], [200, 40, 20])
+    a = softmax(rng.normal(size=(len(y), 3)) + np.eye(3)[y] * 1.0)
+    b = a.copy()
+    b[y == 2, 2] += 0.3  # B ranks the rarest class's photos higher for it, and nothing else changes
+    difference, low, high = paired_score_difference(macro_auc, y, a, b, rounds=300)
+    assert difference == pytest.approx(macro_auc(y, b) - macro_auc(y, a)) and 0 < low < difference < high
+    assert paired_score_difference(macro_auc, y, a, a, rounds=50) == (0.0, 0.0, 0.0)

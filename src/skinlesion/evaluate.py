@@ -10,7 +10,8 @@ from skinlesion.calibration import calibrated, softmax
 from skinlesion.classes import CODES
 from skinlesion.imaging import check_model_input
 from skinlesion.metrics import (balanced_accuracy, confidence_bins, confusion_matrix, expected_calibration_error,
-                                paired_difference, per_class_table, roc_auc, roc_points, summarise)
+                                macro_auc, paired_difference, paired_score_difference, per_class_table, roc_auc,
+                                roc_points, summarise)
 from skinlesion.referral import concerning, referral_score, referral_scores
 from skinlesion.seen import seen_before
 from skinlesion.subgroups import describe_subgroups, patient_groups_or_reason, subgroup_table
@@ -202,46 +203,68 @@ def saved_model_logits(model_path: Path, pixels: np.ndarray) -> tuple[np.ndarray
     return np.concatenate([predictor.logits(pixels[i:i + 32]) for i in batches]), card
 
 
-def read_report(report_dir: Path) -> pd.DataFrame:
-    """Return (image, truth, predicted) from an `evaluate` report's truth.csv and predictions.csv, naming a missing or
-    damaged file."""
+def read_report(report_dir: Path) -> tuple[pd.Series, pd.DataFrame]:
+    """Return an `evaluate` report's labels (truth.csv) and probabilities (predictions.csv), both indexed by image,
+    naming a missing or damaged file."""
     tables = {}
     for name in ("truth.csv", "predictions.csv"):
         path = Path(report_dir) / name
         try:
-            table = pd.read_csv(path).set_index("image")
-            tables[name] = table.idxmax(axis=1) if len(table.columns) else None
+            tables[name] = pd.read_csv(path).set_index("image").astype(float)
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as error:
             raise ValueError(f"{path}: not the {name} of a 'skinlesion evaluate' report ({error})") from None
-        if tables[name] is None:
+        if not len(tables[name].columns):
             raise ValueError(f"{path}: no class columns")
-    truth, predicted = tables["truth.csv"], tables["predictions.csv"]
-    if not truth.index.equals(predicted.index):
+    truth, probabilities = tables["truth.csv"], tables["predictions.csv"]
+    if not truth.index.equals(probabilities.index):
         raise ValueError(f"{report_dir}: truth.csv and predictions.csv list other images")
-    return pd.DataFrame({"truth": truth, "predicted": predicted})
+    return truth.idxmax(axis=1), probabilities
 
 
 def paired_reports(report_a: Path, report_b: Path) -> dict:
     """Compare two `evaluate` reports on the same photos: each balanced accuracy, B minus A with its paired 95%
-    interval (metrics.paired_difference), each class's recall, and how often the two give the same top class."""
-    a, b = read_report(report_a), read_report(report_b)
-    if set(a.index) != set(b.index):
-        only = sorted(set(a.index) ^ set(b.index))
+    interval (metrics.paired_difference), each class's recall, how often the two give the same top class, and, where
+    both models have the same classes, B minus A in macro AUC and in the referral score's AUC, paired likewise."""
+    (truth, probs_a), (truth_b, probs_b) = read_report(report_a), read_report(report_b)
+    if set(truth.index) != set(truth_b.index):
+        only = sorted(set(truth.index) ^ set(truth_b.index))
         raise ValueError(f"{report_a} and {report_b} scored other photos ({len(only)} in one only, e.g. {only[0]}); "
                          f"evaluate both models on the same prepared folder and split")
-    b = b.loc[a.index]
-    if not a["truth"].equals(b["truth"]):
+    probs_b = probs_b.loc[truth.index]
+    if not truth.equals(truth_b.loc[truth.index]):
         raise ValueError(f"{report_a} and {report_b} give the same photos other labels; they come from other data")
-    classes = sorted(set(a["truth"]) | set(a["predicted"]) | set(b["predicted"]),
+    predicted_a, predicted_b = probs_a.idxmax(axis=1), probs_b.idxmax(axis=1)
+    classes = sorted(set(truth) | set(predicted_a) | set(predicted_b),
                      key=lambda c: (CODES.index(c) if c in CODES else len(CODES), c))  # ISIC's order first
     index = {c: i for i, c in enumerate(classes)}
-    y, pred_a, pred_b = (frame.map(index).to_numpy() for frame in (a["truth"], a["predicted"], b["predicted"]))
+    y, pred_a, pred_b = (frame.map(index).to_numpy() for frame in (truth, predicted_a, predicted_b))
     difference, low, high = paired_difference(y, pred_a, pred_b, len(classes))
     recall = {name: {c: float((pred[y == index[c]] == index[c]).mean()) for c in classes if (y == index[c]).any()}
               for name, pred in (("a", pred_a), ("b", pred_b))}
     return {"images": int(len(y)), "bacc_a": balanced_accuracy(y, pred_a, len(classes)),
             "bacc_b": balanced_accuracy(y, pred_b, len(classes)), "difference": difference, "ci95": [low, high],
-            "recall_a": recall["a"], "recall_b": recall["b"], "same_top_class": float((pred_a == pred_b).mean())}
+            "recall_a": recall["a"], "recall_b": recall["b"], "same_top_class": float((pred_a == pred_b).mean()),
+            "auc": paired_aucs(truth, probs_a, probs_b)}
+
+
+def paired_aucs(truth: pd.Series, probs_a: pd.DataFrame, probs_b: pd.DataFrame) -> dict | str:
+    """B minus A in macro AUC and in the referral score's AUC (cancers and pre-cancers against benign lesions) on the
+    same photos, each with a paired bootstrap interval; a reason where the two models' classes differ."""
+    if list(probs_a.columns) != list(probs_b.columns):
+        return (f"not compared: the models have other classes ({','.join(probs_a.columns)} against "
+                f"{','.join(probs_b.columns)})")
+    classes = list(probs_a.columns)
+    y = truth.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    scores = {"macro AUC": macro_auc}
+    if referral_auc(probs_a.to_numpy(), y, classes) is not None:
+        scores[f"referral AUC ({'+'.join(concerning(classes))} against benign)"] = \
+            lambda labels, probs: referral_auc(probs, labels, classes)
+    compared = {}
+    for name, score in scores.items():
+        a, b = probs_a.to_numpy(), probs_b.to_numpy()
+        difference, low, high = paired_score_difference(score, y, a, b)
+        compared[name] = {"a": score(y, a), "b": score(y, b), "difference": difference, "ci95": [low, high]}
+    return compared
 
 
 def describe_paired(result: dict, report_a: Path, report_b: Path) -> list[str]:
@@ -254,4 +277,7 @@ def describe_paired(result: dict, report_a: Path, report_b: Path) -> list[str]:
             f"classes over {result['images']} photos): {verdict}",
             "recall A -> B: " + "  ".join(f"{c} {result['recall_a'][c]:.3f}->{result['recall_b'][c]:.3f}"
                                           for c in result["recall_a"]),
-            f"same top class: {result['same_top_class']:.1%} of photos"]
+            f"same top class: {result['same_top_class']:.1%} of photos",
+            *([f"AUCs: {result['auc']}"] if isinstance(result["auc"], str) else
+              [f"{name}: A {auc['a']:.4f}, B {auc['b']:.4f}, B - A {auc['difference']:+.4f} (95% interval "
+               f"{auc['ci95'][0]:+.3f} to {auc['ci95'][1]:+.3f})" for name, auc in result["auc"].items()])]
