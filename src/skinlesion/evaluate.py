@@ -112,7 +112,8 @@ def plot_roc(probs: np.ndarray, y_true: np.ndarray, classes, path: Path, thresho
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set_xlabel("false positive rate (1 - specificity)")
         ax.set_ylabel("true positive rate (sensitivity)")
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a split of one class has no curve to name
+            ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
