@@ -89,6 +89,18 @@ def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, b
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-result.png"), full_page=True)
     assert "where the model looked, not where any disease is" in page.inner_text("#heatmap-key")
+    # Printed (or saved as PDF) for a record: the answer with which photo, when and which model, and both notices;
+    # not the controls.
+    assert page.inner_text("#record").startswith("Photo lesion.jpg, analysed ")
+    assert page.inner_text("#record").endswith(f"by model {body['model_version']}.")
+    page.emulate_media(media="print")
+    assert all(page.is_hidden(selector) for selector in ("#drop", "#print", "#toggle-heatmap", "header nav"))
+    assert all(page.is_visible(selector) for selector in ("#answer", "#record", "#heatmap", "aside.notice",
+                                                          "#answer .notice"))
+    page.pdf(path=str(ARTIFACTS / "browser-result.pdf"))
+    assert (ARTIFACTS / "browser-result.pdf").read_bytes().startswith(b"%PDF")
+    page.emulate_media(media="screen")
+    assert page.is_visible("#drop") and page.is_visible("#print")
     page.click("#toggle-heatmap")
     assert page.is_hidden("#heatmap") and page.is_visible("#plain") and page.is_hidden("#heatmap-key")
     assert page.is_hidden("#seen")

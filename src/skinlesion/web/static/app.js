@@ -62,6 +62,9 @@ function showAnswer(body) {
   $("plain").src = $("preview").src;
   $("toggle-heatmap").disabled = $("preview").hidden;  // nothing to show without the heatmap
   setHeatmap(true);
+  // For a printed or saved copy: which photo, when, and which model answered.
+  const when = new Date().toLocaleString(undefined, {dateStyle: "long", timeStyle: "short"});
+  $("record").textContent = `Photo ${chosen.name}, analysed ${when} by model ${body.model_version}.`;
   $("error").hidden = true;
   $("answer").hidden = false;
   $("status").textContent = "Done.";
@@ -110,6 +113,7 @@ $("preview").addEventListener("error", () => {
 $("camera").addEventListener("change", (e) => choose(e.target.files[0]));
 $("analyse").addEventListener("click", analyse);
 $("toggle-heatmap").addEventListener("click", () => setHeatmap($("heatmap").hidden));
+$("print").addEventListener("click", () => window.print());
 const drop = $("drop");
 ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
   e.preventDefault();
