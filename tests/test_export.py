@@ -84,6 +84,9 @@ def test_the_model_card_describes_the_data_the_model_saw(tiny_onnx, tmp_path):
     card = write_model_card(tiny_onnx, tmp_path / "MODEL_CARD.md").read_text()
     assert f"- Trained on {sum(data['train'].values()):,} of the 12,922 photos read from `isic2019`" in card
     assert "12,922-image sample" not in card  # the project sample's wording is only for files without a record
+    software = read_card(tiny_onnx)["trained_with"]
+    assert f"- Trained on {software['device']} with python {software['python']}, skinlesion " in card
+    assert f"torch {software['torch']}, " in card
     thin = [f"{code} {n}" for code, n in data["test"].items() if n < 100]
     assert thin and f"their test recalls rest on {', '.join(thin)} photos" in card
 

@@ -31,6 +31,10 @@ def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_
     assert meta["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
     assert (meta["size"], meta["policy"], meta["arch"]) == (32, "squash", "mobilenet_v2")
     assert 0.05 < meta["temperature"] < 20
+    # What it was trained with, for the record and the card.
+    assert torch.__version__.startswith(meta["trained_with"]["torch"])  # the wheel's version, local label or not
+    assert meta["trained_with"]["device"].startswith("cpu (") and {"python", "timm", "lightning"} <= set(
+        meta["trained_with"])
     # The kept epoch is the best by calibrated validation balanced accuracy, the decision the model ships with.
     assert meta["val_bacc_calibrated"] == pytest.approx(epochs["val_bacc_calibrated"].max(), abs=0.01)
     # best.ckpt holds that epoch; last.ckpt the final one, whatever its score, so a resume loses nothing.

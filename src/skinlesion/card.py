@@ -27,6 +27,10 @@ def recipe_lines(entry: dict) -> list[str]:
         lines.append(f"- Started from `{earlier['model']}` ({earlier.get('size', '?')} px, "
                      f"{earlier.get('epochs_trained', '?')} epochs, {validation_scores(earlier)}), trained with "
                      f"`{json.dumps(earlier.get('train_config', {}))}`")
+    if "trained_with" in entry:  # runs since 2026-12-02
+        software = dict(entry["trained_with"])
+        device = software.pop("device", "?")
+        lines.append(f"- Trained on {device} with " + ", ".join(f"{k} {v}" for k, v in software.items()))
     if entry.get("color_constancy"):
         lines.append(f"- Colour constancy: the network greys the light of each photo first (shades of gray, power "
                      f"{entry['color_constancy']:g}), inside the exported graph, so serving does what training did")

@@ -40,7 +40,7 @@ class ExportWrapper(nn.Module):
 def recipe(meta: dict) -> dict:
     """Return how a saved model was trained: score, epochs, settings and the earlier stage it started from."""
     entry = {k: meta[k] for k in ("val_bacc", "val_bacc_calibrated", "epochs_trained", "train_config",
-                                  "color_constancy") if k in meta}
+                                  "color_constancy", "trained_with") if k in meta}
     init = meta.get("train_config", {}).get("init")
     if init:
         earlier = read_model_file(init) if Path(init).is_file() else {}

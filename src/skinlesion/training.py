@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -229,6 +231,20 @@ class EpochLog(L.Callback):
         self.append(row)
 
 
+def trained_with(device: torch.device) -> dict:
+    """Return the software and hardware a run was trained with, for its record and its model card."""
+    from importlib.metadata import PackageNotFoundError, version
+    found = {"python": platform.python_version()}
+    for package in ("skinlesion", "torch", "torchvision", "timm", "lightning", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    found["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else f"{device.type} ({os.cpu_count()} cores)")
+    return found
+
+
 def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train, keep the best epoch by validation balanced accuracy (config.select), calibrate on it; return model.pt."""
     run_dir = Path(run_dir)
@@ -279,6 +295,6 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     out = run_dir / "model.pt"
     save_model(model, out, name=config.model, classes=prepared.classes, size=prepared.size, policy=prepared.policy,
                width=config.width, dropout=config.dropout, temperature=temperature, class_bias=class_bias,
-               extra={**scores, "epochs_trained": trainer.current_epoch,
-                      "train_config": asdict(config), "prepared": str(prepared_dir)})
+               extra={**scores, "epochs_trained": trainer.current_epoch, "train_config": asdict(config),
+                      "prepared": str(prepared_dir), "trained_with": trained_with(trainer.strategy.root_device)})
     return out
