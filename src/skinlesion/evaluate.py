@@ -95,9 +95,8 @@ def plot_roc(probs: np.ndarray, y_true: np.ndarray, classes, path: Path, thresho
     for i, code in enumerate(classes):
         positive = y_true == i
         if positive.any() and not positive.all():
-            ax = axes[0, 0]
-            ax.plot(*roc_points(probs[:, i], positive), label=f"{code} {roc_auc(probs[:, i], positive):.3f} "
-                                                                f"({positive.sum()})", lw=1.2)
+            axes[0, 0].plot(*roc_points(probs[:, i], positive), lw=1.2,
+                            label=f"{code} {roc_auc(probs[:, i], positive):.3f} ({positive.sum()})")
     axes[0, 0].set_title("each class against the rest (AUC, photos)")
     if auc is not None:
         positive = np.isin(np.asarray(classes)[y_true], concerning(classes))
@@ -260,9 +259,8 @@ def paired_aucs(truth: pd.Series, probs_a: pd.DataFrame, probs_b: pd.DataFrame) 
     if referral_auc(probs_a.to_numpy(), y, classes) is not None:
         scores[f"referral AUC ({'+'.join(concerning(classes))} against benign)"] = \
             lambda labels, probs: referral_auc(probs, labels, classes)
-    compared = {}
+    compared, a, b = {}, probs_a.to_numpy(), probs_b.to_numpy()
     for name, score in scores.items():
-        a, b = probs_a.to_numpy(), probs_b.to_numpy()
         difference, low, high = paired_score_difference(score, y, a, b)
         compared[name] = {"a": score(y, a), "b": score(y, b), "difference": difference, "ci95": [low, high]}
     return compared

@@ -80,7 +80,7 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Mean one-vs-rest AUC over the classes both present and absent in y_true."""
+    """Mean one-vs-rest AUC over the classes of probs' columns that y_true holds photos of, and of other classes."""
     aucs = [roc_auc(probs[:, i], y_true == i) for i in range(probs.shape[1])]
     return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else float("nan")
 
