@@ -171,8 +171,10 @@ def test_the_card_shows_the_test_split_by_patient_group(tiny_onnx, prepared32, t
     out, card = tmp_path / "m.onnx", tmp_path / "MODEL_CARD.md"
     result = CliRunner().invoke(main, ["export", str(run), "--out", str(out), "--card", str(card)])
     assert result.exit_code == 0, result.output
-    lines = json.loads((run / "eval-test" / "metrics.json").read_text())["subgroups"]
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+    lines = metrics["subgroups"]
     assert [line.split(":")[0] for line in lines] == ["by sex", "by age", "by site"]
     text = card.read_text()
     assert all(f"- {line}" in text for line in lines)
     assert text.index("## Test split") < text.index("- by sex: ") < text.index("## Checking the test figures")
+    assert f"by the referral score: AUC {metrics['referral_auc']:.3f}." in text.split("## Test split")[1]

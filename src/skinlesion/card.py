@@ -52,6 +52,15 @@ def after_calibration(card: dict) -> str:
     return f", after it {card['val_bacc_calibrated']:.3f} (calibration fitted on one half, scored on the other)"
 
 
+def referral_auc_text(metrics: dict) -> str:
+    """A split's AUC for telling cancers and pre-cancers from benign lesions, where its report has it (since
+    2026-12-02)."""
+    if metrics.get("referral_auc") is None:
+        return ""
+    return (f" Cancers and pre-cancers against benign lesions by the referral score: AUC "
+            f"{metrics['referral_auc']:.3f}.")
+
+
 def referral_line(rule: dict) -> str:
     """Render the referral rule (referral.py) and how it did, as a markdown list item."""
     scored = "; ".join(f"{name} {describe_scores(rule[split])}"
@@ -125,7 +134,7 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                   f"95% interval {low:.3f}-{high:.3f} by a bootstrap within classes); "
                   f"accuracy {m['accuracy']:.3f}; macro AUC {m['macro_auc']:.3f}; expected calibration error "
                   f"{m.get('ece_class_balanced', float('nan')):.3f} with classes weighted equally, as the "
-                  f"probabilities assume ({m['ece']:.3f} unweighted).", "",
+                  f"probabilities assume ({m['ece']:.3f} unweighted)." + referral_auc_text(m), "",
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
                   "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
         if isinstance(m.get("subgroups"), list):  # evaluate's lines by sex, age and site (subgroups.py)
