@@ -131,6 +131,7 @@ def test_roc_plot_of_a_split_with_one_class_or_one_group(tmp_path):
 
     probs = np.full((4, 3), 1 / 3)
     for name, labels in (("one-class", [0, 0, 0, 0]), ("benign-only", [1, 1, 1, 1])):
-        plot_roc(probs, np.array(labels), ["MEL", "NV", "BCC"], tmp_path / f"{name}.png", threshold=0.3)
+        plot_roc(probs, np.array(labels), ["MEL", "NV", "BCC"], tmp_path / f"{name}.png",
+                 referral={"threshold": 0.3, "sensitivity": None, "specificity": 1.0})
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
         assert referral_auc(probs, np.array(labels), ["MEL", "NV", "BCC"]) is None  # no benign/cancer pair to rank

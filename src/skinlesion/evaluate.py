@@ -86,9 +86,10 @@ def referral_auc(probs: np.ndarray, y_true: np.ndarray, classes) -> float | None
     return roc_auc(referral_score(probs, classes), positive)
 
 
-def plot_roc(probs: np.ndarray, y_true: np.ndarray, classes, path: Path, threshold: float | None = None) -> None:
+def plot_roc(probs: np.ndarray, y_true: np.ndarray, classes, path: Path, referral: dict | None = None) -> None:
     """Plot each class's ROC curve against the rest and, where the split holds benign and non-benign photos, the
-    referral score's curve for cancers and pre-cancers against benign lesions, with the rule's threshold marked."""
+    referral score's curve for cancers and pre-cancers against benign lesions, with the rule (its threshold and
+    referral_scores on this split, as `evaluate` records them) marked."""
     plt = pyplot()
     auc = referral_auc(probs, y_true, classes)
     fig, axes = plt.subplots(1, 1 if auc is None else 2, figsize=(4.8 if auc is None else 9.6, 4.8), squeeze=False)
@@ -102,10 +103,9 @@ def plot_roc(probs: np.ndarray, y_true: np.ndarray, classes, path: Path, thresho
         positive = np.isin(np.asarray(classes)[y_true], concerning(classes))
         ax = axes[0, 1]
         ax.plot(*roc_points(referral_score(probs, classes), positive), color="black", label=f"AUC {auc:.3f}")
-        if threshold is not None:
-            scores = referral_scores(probs, np.asarray(classes)[y_true], classes, threshold)
-            ax.plot(1 - scores["specificity"], scores["sensitivity"], "o", color="crimson",
-                    label=f"the rule (>= {threshold:.3f})")
+        if referral:
+            ax.plot(1 - referral["specificity"], referral["sensitivity"], "o", color="crimson",
+                    label=f"the rule (>= {referral['threshold']:.3f})")
         ax.set_title(f"{'+'.join(concerning(classes))} against benign: referral")
     for ax in axes[0]:
         ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -126,7 +126,7 @@ def write_report(out_dir: Path, images, y_true: np.ndarray, probs: np.ndarray, c
     per_class_table(y_true, probs, classes).to_csv(out_dir / "per_class.csv", index_label="class")
     plot_confusion(confusion_matrix(y_true, probs.argmax(1), len(classes)), classes, out_dir / "confusion.png")
     plot_reliability(probs, y_true, out_dir / "reliability.png")
-    plot_roc(probs, y_true, classes, out_dir / "roc.png", (extra.get("referral") or {}).get("threshold"))
+    plot_roc(probs, y_true, classes, out_dir / "roc.png", extra.get("referral"))
     write_submission(out_dir / "predictions.csv", images, probs, classes, columns=classes)
     write_truth(out_dir / "truth.csv", images, y_true, classes)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
