@@ -1,3 +1,5 @@
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -72,3 +74,17 @@ def test_an_unreadable_ground_truth_names_the_file(small_layout):
     (small_layout / GROUND_TRUTH_CSV).write_bytes(b"\xff\xfe\x00image,MEL\n\x89PNG\x00\x00")
     with pytest.raises(DataError, match=f"{GROUND_TRUTH_CSV}: not a readable CSV file"):
         read_isic(small_layout)
+
+
+def test_the_full_official_csvs_read_with_the_images_at_hand(shared_data, tmp_path):
+    # The user's data is the full 25,331-row set; here its official CSVs meet our sample's image folder, so every
+    # row whose photo is absent must be reported as missing, and nothing else found wrong.
+    root = tmp_path / "full"
+    root.mkdir()
+    (root / IMAGE_DIR).symlink_to(shared_data / IMAGE_DIR)
+    for name in (GROUND_TRUTH_CSV, METADATA_CSV):
+        shutil.copy(shared_data / "full" / name, root / name)
+    table = read_isic(root)
+    assert len(table.images) == 12922
+    assert len(table.problems) == 25331 - 12922
+    assert {p["problem"] for p in table.problems} == {"listed in the ground truth but the image file is missing"}

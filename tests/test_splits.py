@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skinlesion.isic import read_isic
+from skinlesion.isic import GROUND_TRUTH_CSV, METADATA_CSV, read_ground_truth, read_isic, read_metadata
 from skinlesion.splits import (BALANCE_PRESETS, BalanceConfig, SplitConfig, assign_splits, balance_preset,
                                class_weights, lesion_groups, sampler_weights)
 
@@ -120,3 +120,17 @@ def test_weights_balance_the_classes():
 def test_unknown_preset_lists_choices():
     with pytest.raises(ValueError, match="choose from paper, all"):
         balance_preset("fancy")
+
+
+def test_the_full_official_set_splits_by_lesion_in_every_class(shared_data):
+    # The user's data: all 25,331 rows of the official CSVs (no photos needed to split). BCN_20000's 12,413
+    # photos, which our sample lacks, carry lesion ids too; every class must get its share and no lesion two splits.
+    labels, problems = read_ground_truth(shared_data / "full" / GROUND_TRUTH_CSV)
+    full = labels.merge(read_metadata(shared_data / "full" / METADATA_CSV), on="image", how="left").fillna("")
+    table = assign_splits(full, BALANCE_PRESETS["all"], SplitConfig()).table
+    assert problems == [] and len(table) == 25331 and set(table["split"]) == {"train", "val", "test"}
+    assert table["lesion_id"].str.startswith("BCN_").sum() == 12413
+    train, val, test = (used_lesions(table, s) for s in ("train", "val", "test"))
+    assert not train & val and not train & test and not val & test
+    share = pd.crosstab(table["label"], table["split"], normalize="index")
+    assert np.allclose(share[["val", "test"]], 0.15, atol=0.01), share
