@@ -3,8 +3,10 @@
 # EfficientNet-Lite0 networks, one trained by the recipe below (seed 1), one by the same recipe with mixup and
 # weight averaging (seed 0); about 60 min per member on 2 free CPU cores (25-35 min at 128 px, 25 min at 192 px).
 # Re-running it resumes an interrupted stage and skips finished ones.
-# Usage: [WORK=work/bundled] [VIEWS=4] [OUT=src/skinlesion/bundled] [TRAIN_OPTIONS=...] \
+# Usage: [WORK=work/bundled] [VIEWS=4] [OUT=src/skinlesion/bundled] [TRAIN_OPTIONS=...] [PREPARE_OPTIONS=...] \
 #        scripts/build_bundled_model.sh [DATA_DIR]
+# PREPARE_OPTIONS are added to the first `skinlesion prepare`: "--deal largest-first" deals the split the shipped
+# file was trained on (lesions are dealt in random order since 2026-12-02).
 # VIEWS=1 OUT=some/folder builds the same pair served about 3.5 times faster, beside the bundled model;
 # TRAIN_OPTIONS are added to every `skinlesion train` (and win over the recipe's), e.g. "--accelerator gpu", or
 # "--epochs 1 --limit-train-batches 2" for a quick check of the whole script (tests/test_bundled.py), or
@@ -34,7 +36,8 @@ train_stage() {
 }
 
 # All 8 classes, no undersampling; the sampler balances classes instead of throwing images away.
-skinlesion prepare --data "$DATA" --out "$WORK/prepared128" --balance all --size 128 --resize squash
+skinlesion prepare --data "$DATA" --out "$WORK/prepared128" --balance all --size 128 --resize squash \
+    ${PREPARE_OPTIONS:-}
 # 192 px is about the native size of the sample's 200x150 HAM10000 photos; same split as at 128 px.
 skinlesion prepare --data "$DATA" --out "$WORK/prepared192" --balance all --size 192 --resize squash \
     --splits-from "$WORK/prepared128"

@@ -4,12 +4,14 @@
 # run each, every image tested once. Prints each fold's test balanced accuracy and per-class recall, their mean and
 # spread, and the balanced accuracy of all folds' test predictions pooled. Re-running it skips finished folds and
 # resumes an interrupted run.
-# Usage: [WORK=work/cv] [FOLDS=5] [SIZE=128] [TRAIN_OPTIONS=...] scripts/cross_validate.sh [DATA_DIR]
+# Usage: [WORK=work/cv] [FOLDS=5] [SIZE=128] [TRAIN_OPTIONS=...] [PREPARE_OPTIONS=...] scripts/cross_validate.sh \
+#        [DATA_DIR]
 # The recipe is stage 1 of the bundled model (EfficientNet-Lite0 from ImageNet weights, balanced sampler, up to 25
 # epochs of 60 batches) at SIZE px, one network, one view; TRAIN_OPTIONS are added to every `skinlesion train`
 # and win over the recipe's, e.g. "--accelerator gpu" or "--model resnet50 --no-pretrained".
 # Measured on our sample with FOLDS=5 SIZE=64 (48 min on 2 cores): test bacc 0.559 mean, folds 0.540-0.608;
 # with TRAIN_OPTIONS="--model mobilenet_v2" 0.484 (docs/experiments.md, "How noisy is one split?").
+# Those folds were dealt before 2026-12-02: PREPARE_OPTIONS="--deal largest-first" deals them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/isic2019}
@@ -22,7 +24,7 @@ for ((fold = 0; fold < FOLDS; fold++)); do
     run="$WORK/run-fold$fold"
     # One pixel cache for every fold: the same photos at one size, decoded once.
     skinlesion prepare --data "$DATA" --out "$prepared" --balance all --size "$SIZE" --resize squash \
-        --folds "$FOLDS" --fold "$fold" --cache-dir "$WORK/cache"
+        --folds "$FOLDS" --fold "$fold" --cache-dir "$WORK/cache" ${PREPARE_OPTIONS:-}
     if [ ! -f "$run/model.pt" ]; then
         resume=""
         [ -f "$run/checkpoints/last.ckpt" ] && resume="--resume"

@@ -38,6 +38,11 @@ select_option = click.option(
     "--select", default="calibrated", show_default=True, type=click.Choice(["calibrated", "top-class"]),
     help="Validation balanced accuracy that keeps the best epoch: of the calibrated decision (cross-fitted on halves "
          "of validation), or of the raw top class (runs before 2026-11-27).")
+# prepare and compare: the order in which each class's lesions are dealt into the splits (splits.DEALS).
+deal_option = click.option(
+    "--deal", default="random", show_default=True, type=click.Choice(["random", "largest-first"]),
+    help="random: every split gets its share of lesions, photos and sources; largest-first: the dealing of splits "
+         "before 2026-12-02 (the committed figures), which sends lesions with many photos to training.")
 
 
 @click.group()
@@ -78,8 +83,9 @@ def main():
 @click.option("--folds", default=0, show_default=True, help="Cross-validation: deal the groups into this many folds "
               "and make --fold of them the test split (replaces --test-fraction); 0 = one split.")
 @click.option("--fold", default=0, show_default=True, help="Which fold (0 to --folds - 1) is the test split.")
+@deal_option
 def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol, val_fraction, test_fraction,
-            seed, size, policy, workers, cache_dir, no_merge_near_duplicates, splits_from, folds, fold):
+            seed, size, policy, workers, cache_dir, no_merge_near_duplicates, splits_from, folds, fold, deal):
     """Read ISIC 2019, split by lesion, balance, and cache resized pixels."""
     from dataclasses import replace
 
@@ -96,7 +102,7 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
         if cap is not None:
             balance = replace(balance, cap=cap or None)
         split = SplitConfig(protocol, val_fraction, test_fraction, seed, not no_merge_near_duplicates,
-                            str(splits_from or ""), folds, fold)
+                            str(splits_from or ""), folds, fold, deal)
         config = PrepareConfig(balance, split, CacheConfig(size, policy, workers))
         return run_prepare(data_dir, out_dir, config, cache_dir=cache_dir)
 
@@ -322,7 +328,8 @@ def serve(host, port, workers, model_path, dev):
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @select_option
-def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes, epochs, seed, select):
+@deal_option
+def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes, epochs, seed, select, deal):
     """Train and compare the four models under the lesion and the paper protocol; write a report."""
     import sys
 
@@ -335,7 +342,7 @@ def compare(data_dir, out_dir, report_path, models, protocols, size, extra_sizes
         if not all(text.isdigit() for text in texts):
             raise ValueError(f"--extra-sizes {extra_sizes!r}: give sizes in pixels separated by commas, e.g. 128,192")
         config = CompareConfig(names, tuple(p.strip() for p in protocols.split(",") if p.strip()), size,
-                               tuple(map(int, texts)), epochs, 64, seed, select)
+                               tuple(map(int, texts)), epochs, 64, seed, select, deal)
         run_compare(data_dir, out_dir, config)
         return write_comparison_report(out_dir, report_path, "skinlesion " + " ".join(sys.argv[1:]))
 

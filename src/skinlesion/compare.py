@@ -27,6 +27,7 @@ class CompareConfig:
     batch_size: int = 64
     seed: int = 0
     select: str = "calibrated"  # the validation score that keeps each run's epoch (training.SELECT)
+    deal: str = "random"  # the order lesions are dealt into splits (splits.DEALS)
 
     def __post_init__(self):
         """Build every run's settings once, so a bad one fails before the first run, which may train for an hour."""
@@ -36,7 +37,7 @@ class CompareConfig:
             model_spec(name)
             self.train_config(name)
         for protocol in self.protocols:
-            SplitConfig(protocol=protocol, seed=self.seed)
+            SplitConfig(protocol=protocol, seed=self.seed, deal=self.deal)
         for size in (self.size, *self.extra_sizes):
             CacheConfig(size=size)
 
@@ -56,7 +57,8 @@ def run_one(data_dir: Path, out: Path, model: str, protocol: str, size: int, con
     base = prepared_dir(out, protocol, config.size)
     if not (data / "prepared.json").exists():
         # Other sizes reuse the base size's split, so every size is scored on the same test images.
-        split = SplitConfig(protocol=protocol, seed=config.seed, splits_from=str(base) if data != base else "")
+        split = SplitConfig(protocol=protocol, seed=config.seed, splits_from=str(base) if data != base else "",
+                            deal=config.deal)
         prepare(data_dir, data, PrepareConfig(balance=BALANCE_PRESETS["paper"], split=split,
                                               cache=CacheConfig(size=size)), progress=False,
                 cache_dir=out / "cache")  # one pixel cache per size, shared by both protocols
