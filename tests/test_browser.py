@@ -56,11 +56,14 @@ def browser():
 
 
 def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, browser, lesion_jpeg, prepared32,
-                                                                  tmp_path):
+                                                                  shared_data, tmp_path):
+    from skinlesion.isic import IMAGE_DIR
     from skinlesion.prepare import read_manifest
 
+    manifest = read_manifest(prepared32)
+    tested = manifest[manifest["split"] == "test"]["image"].iloc[0]  # a photo the served model never met
     photo = tmp_path / "lesion.jpg"
-    photo.write_bytes(lesion_jpeg)
+    Image.open(shared_data / IMAGE_DIR / f"{tested}.jpg").convert("RGB").resize((600, 450)).save(photo, quality=90)
     text = tmp_path / "notes.txt"
     text.write_text("this is not a photo")
     page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone screen
@@ -104,7 +107,7 @@ def test_upload_shows_diagnosis_heatmap_and_then_a_readable_error(live_server, b
     page.click("#toggle-heatmap")
     assert page.is_hidden("#heatmap") and page.is_visible("#plain") and page.is_hidden("#heatmap-key")
     assert page.is_hidden("#seen")
-    manifest = read_manifest(prepared32)  # the same photo, named like one the served model trained on
+    # another photo, named like one the served model trained on
     named = tmp_path / f"{manifest[manifest['split'] == 'train']['image'].iloc[0]}.jpg"
     named.write_bytes(lesion_jpeg)
     page.set_input_files("#file", str(named))
