@@ -36,7 +36,7 @@ def test_export_embeds_metadata_checks_parity_and_halves_the_weights(tiny_onnx, 
     val, test = len(prepared.split("val")), len(prepared.split("test"))
     assert sorted(runs) == sorted([(".onnx", val), (".pt", val), (".onnx", test)]), runs
     difference = float(result.output.split("max |logit difference| ")[1].split()[0])
-    assert 0 < difference < 5e-2  # float16 weights round, but barely
+    assert 0 < difference < 0.3  # float16 weights round, but barely (export allows 5e-2 + 3% of each logit)
     scores = result.output.split("validation balanced accuracy ")[1].split(" in PyTorch")[0]
     # Both scores are reported. The tiny network is near chance, so calibrated for equal classes its probabilities
     # are near uniform and float16 rounding can flip its top class (a CI run saw 0.172 vs 0.206); that float16

@@ -18,14 +18,16 @@ def train_args(prepared, run, *extra):
             "--batch-size", "32", *map(str, extra)]
 
 
-def test_training_loss_falls_and_the_model_carries_its_metadata(prepared32, tmp_path):
+def test_training_lowers_the_loss_and_the_model_carries_its_metadata(prepared32, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, train_args(prepared32, run, "--epochs", 4, "--limit-train-batches", 25,
                                                  "--lr", 0.005, "--no-augment", "--imbalance", "weights"))
     assert result.exit_code == 0, result.output
     epochs = pd.read_csv(run / "epochs.csv")
     assert list(epochs["epoch"]) == [0, 1, 2, 3]
-    assert epochs["train_loss"].iloc[-1] < epochs["train_loss"].iloc[0] - 0.1
+    # Validation loss, not the training loss of 25 batches: from scratch at lr 0.005 the training loss may first
+    # rise, and whether it is back 0.1 lower after 4 short epochs depends on the split's draw of batches.
+    assert epochs["val_loss"].iloc[-1] < epochs["val_loss"].iloc[0] - 0.1
     import torch
     meta = torch.load(run / "model.pt", weights_only=False)
     assert meta["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "SCC"]
