@@ -25,6 +25,7 @@ def test_compare_runs_both_protocols_and_writes_the_report(shared_data, tmp_path
     assert "Research tool, not a diagnosis" in text and "| 1 | alexnet |" in text and "classes weighted equally" in text
     assert "inflation (points)" in text and "memorisation gain" in text and "80px" in text
     assert "best validation balanced accuracy of the calibrated decision" in text and "--select calibrated" in text
+    assert "--protocol PROTOCOL --size SIZE --deal random`" in text  # the prepare hint rebuilds the same splits
     # What it ran on comes from the runs, not from the project's usual set-up.
     assert text.startswith("# Model comparison on 12,922 ISIC 2019 images") and "images read from `isic2019`" in text
     assert f"on {os.cpu_count()} CPU cores" in text

@@ -115,6 +115,7 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
     plot_recall(results, report.parent / plots["recall"])
     plot_confusions(out, results, report.parent / plots["confusion"])
     select = config.get("select", "top-class")  # comparisons run before 2026-11-27 kept epochs by the top class
+    deal = config.get("deal", "largest-first")  # comparisons run before 2026-12-02 dealt the largest lesions first
     plot_learning_curves(out, results, report.parent / plots["curves"], select)
     plot_cost(results, report.parent / plots["cost"])
     size = config["size"]
@@ -198,7 +199,7 @@ def write_comparison_report(out: Path, report: Path, command: str) -> Path:
         lines.append("")
     lines += [f"![learning curves]({plots['curves']})", "", f"![cost]({plots['cost']})", "", "## Commands", "",
               "Each run, as `skinlesion compare` ran it (data prepared with `skinlesion prepare --balance paper "
-              "--protocol PROTOCOL --size SIZE`):", "", "```"]
+              f"--protocol PROTOCOL --size SIZE --deal {deal}`):", "", "```"]
     lines += list(results["command"]) + ["```", ""]
     report.write_text("\n".join(lines))
     return report
