@@ -8,7 +8,7 @@ import pandas as pd
 from skinlesion.classes import parse_codes
 from skinlesion.imaging import RESIZE_POLICIES
 from skinlesion.referral import REFERRAL_SENSITIVITY
-from skinlesion.splits import BALANCE_PRESETS, PROTOCOLS, SPLITS
+from skinlesion.splits import BALANCE_PRESETS, DEALS, PROTOCOLS, SPLITS
 
 
 def fail_cleanly(call):
@@ -38,9 +38,9 @@ select_option = click.option(
     "--select", default="calibrated", show_default=True, type=click.Choice(["calibrated", "top-class"]),
     help="Validation balanced accuracy that keeps the best epoch: of the calibrated decision (cross-fitted on halves "
          "of validation), or of the raw top class (runs before 2026-11-27).")
-# prepare and compare: the order in which each class's lesions are dealt into the splits (splits.DEALS).
+# prepare and compare: the order in which each class's lesions are dealt into the splits.
 deal_option = click.option(
-    "--deal", default="random", show_default=True, type=click.Choice(["random", "largest-first"]),
+    "--deal", default=DEALS[0], show_default=True, type=click.Choice(DEALS),
     help="random: every split gets its share of lesions, photos and sources; largest-first: the dealing of splits "
          "before 2026-12-02 (the committed figures), which sends lesions with many photos to training.")
 
