@@ -97,9 +97,10 @@ def export_onnx(model: Classifier | Ensemble, meta: dict, model_path: Path, out:
     got = session.run(["logits"], {"pixels": sample_pixels.astype(np.float32)})[0]
     # float16 keeps about three significant digits of each weight, so a logit's rounding error grows with its size:
     # allow 3% of it on top (a tiny 32 px network, logits up to 8, was off by 0.15); a broken graph is off by far more.
-    difference = float(np.abs(got - expected).max())
+    error = np.abs(got - expected)
+    difference = float(error.max())
     limit, relative = (5e-2, 3e-2) if fp16 else (1e-3, 0.0)
-    if not np.all(np.abs(got - expected) <= limit + relative * np.abs(expected)):
+    if not np.all(error <= limit + relative * np.abs(expected)):
         allowed = f"limit {limit:.0e} + {relative:.0%} of the logit" if fp16 else f"limit {limit:.0e}"
         raise ValueError(f"{out}: ONNX logits differ from PyTorch by {difference:.2e} ({allowed})")
     return {"onnx": str(out), "bytes": out.stat().st_size, "parity_max_abs_diff": difference,
