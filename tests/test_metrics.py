@@ -48,7 +48,9 @@ def test_balanced_accuracy_interval_widens_with_fewer_images():
 def test_description_puts_balanced_accuracy_first_and_marks_absent_classes():
     y_true = np.array([0, 0, 0, 0, 1, 1])
     probs = np.eye(3)[[0, 0, 0, 1, 1, 0]] * 0.9 + 0.1 / 3  # class 2 has no image
-    lines = describe_metrics(summarise(y_true, probs, ["A", "B", "C"])).splitlines()
+    metrics = summarise(y_true, probs, ["A", "B", "C"])
+    assert metrics["macro_auc"] == pytest.approx(0.625) == macro_auc(y_true, probs)  # A and B 5/8 each; C has none
+    lines = describe_metrics(metrics).splitlines()
     assert lines[0].startswith("balanced accuracy: 0.6250")  # (3/4 + 1/2) / 2: absent classes do not count
     assert lines[1] == "recall per class: A 0.750  B 0.500  C -"
     assert lines[2].endswith("images: 6")

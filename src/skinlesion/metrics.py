@@ -81,7 +81,12 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean one-vs-rest AUC over the classes of probs' columns that y_true holds photos of, and of other classes."""
-    aucs = [roc_auc(probs[:, i], y_true == i) for i in range(probs.shape[1])]
+    return mean_auc([roc_auc(probs[:, i], y_true == i) for i in range(probs.shape[1])])
+
+
+def mean_auc(aucs) -> float:
+    """Mean of per-class AUCs, leaving out classes without one (NaN); NaN when no class has one."""
+    aucs = np.asarray(aucs, dtype=float)
     return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else float("nan")
 
 
@@ -150,7 +155,7 @@ def summarise(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
         "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(classes)),
         "balanced_accuracy_ci95": balanced_accuracy_interval(y_true, y_pred, len(classes)),
         "accuracy": float((y_pred == y_true).mean()),
-        "macro_auc": macro_auc(y_true, probs),
+        "macro_auc": mean_auc(table["auc"]),
         "ece": expected_calibration_error(probs, y_true),
         "ece_class_balanced": expected_calibration_error(probs, y_true, weights=class_balanced_weights(y_true)),
         "recall": {c: (None if np.isnan(r) else float(r)) for c, r in table["recall"].items()},
