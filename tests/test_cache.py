@@ -57,6 +57,20 @@ def test_exact_copy_is_a_near_duplicate_and_other_lesions_are_not(shared_data):
     assert near_duplicate_pairs(index) == [(paths[0].stem, "copy")]
 
 
+def test_tiny_inputs_are_hashed_large_enough_to_tell_lesions_apart(shared_data):
+    import pandas as pd
+
+    from skinlesion.imaging import model_input_and_hash, open_rgb, resize
+
+    paths = sorted((shared_data / IMAGE_DIR).glob("ISIC_00245*.jpg"))[:60]
+    photos = [open_rgb(p, draft_size=8) for p in paths]
+    tiny = pd.DataFrame({"image": [p.stem for p in paths], "problem": "",
+                         "dhash": [model_input_and_hash(photo, 8, "squash")[1] for photo in photos]})
+    as_seen = tiny.assign(dhash=[difference_hash(resize(photo, 8, "squash")) for photo in photos])
+    assert len(near_duplicate_pairs(as_seen)) >= 5  # an 8 px photo's own hash calls unrelated lesions alike
+    assert len(near_duplicate_pairs(tiny)) <= 1
+
+
 def test_the_cache_holds_painted_borders_but_hashes_the_photo_as_it_was(small_layout, tmp_path):
     from PIL import Image
 

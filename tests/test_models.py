@@ -33,6 +33,24 @@ def test_efficientnet_lite0_starts_from_the_shipped_imagenet_weights():
     assert not torch.equal(scratch.trunk[0].weight, shipped["_conv_stem.weight"])
 
 
+def test_stochastic_depth_skips_blocks_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", num_classes=8, dropout=0.0, drop_path=0.2)
+    blocks = [m for m in model.modules() if hasattr(m, "has_skip")]
+    assert [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks] == pytest.approx([0.2 * i / 16 for i in range(16)])
+    plain = create_model("efficientnet_lite0", num_classes=8, dropout=0.0)
+    plain.load_state_dict(model.state_dict())  # no weights of its own: the same file loads either way
+    pixels = torch.rand(4, 3, 64, 64) * 255
+    model.eval(), plain.eval()
+    assert torch.allclose(model(pixels), plain(pixels))
+    model.train(), plain.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(model(pixels), plain(pixels))
+    with pytest.raises(ValueError, match="--drop-path 0.1: stochastic depth is built into efficientnet_lite0 only, "
+                                         "not resnet50"):
+        create_model("resnet50", 8, drop_path=0.1)
+
+
 def test_unknown_model_lists_the_registry():
     with pytest.raises(ValueError, match="choose from mobilenet_v2, efficientnet_lite0, resnet50, alexnet"):
         create_model("vgg16", 8)

@@ -107,12 +107,17 @@ def test_training_errors_are_clean(prepared32, tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"),
                                        "--model", "alexnet"])
     assert result.exit_code == 1 and "alexnet needs inputs of at least 64 px" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"),
+                                       "--drop-path", "0.1"])
+    assert result.exit_code == 1 and "stochastic depth is built into efficientnet_lite0 only, not mobilenet_v2" \
+        in result.output
 
 
 @pytest.mark.parametrize("option, value, problem", [
     ("--epochs", "0", "epochs must be at least 1, got 0"), ("--batch-size", "0", "batch_size must be at least 1"),
     ("--lr", "-1", "lr must be positive, got -1.0"), ("--dropout", "1", "dropout must be at least 0 and below 1"),
-    ("--limit-train-batches", "0", "limit_train_batches must be positive")])
+    ("--limit-train-batches", "0", "limit_train_batches must be positive"),
+    ("--drop-path", "1", "drop_path must be at least 0 and below 1")])
 def test_a_setting_out_of_range_is_refused_before_the_run_folder_is_written(prepared32, tmp_path, option, value,
                                                                             problem):
     result = CliRunner().invoke(main, ["train", "--data", str(prepared32), "--out", str(tmp_path / "r"), option,

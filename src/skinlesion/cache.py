@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from skinlesion.imaging import (NEAR_DUPLICATE_BITS, ImageError, RESIZE_POLICIES, hash_distances, model_input_and_hash,
-                                open_rgb)
+from skinlesion.imaging import (HASH_MIN_SIZE, NEAR_DUPLICATE_BITS, ImageError, RESIZE_POLICIES, hash_distances,
+                                model_input_and_hash, open_rgb)
 
 PREPROCESSING = "dark-border-filled-2"  # changes whenever imaging's output changes, so older caches are rebuilt
 
@@ -42,7 +42,8 @@ class PixelCache:
 
 def fingerprint(paths: list[str], config: CacheConfig) -> str:
     """Hash what the cache depends on: image files (path, size, mtime), the resize settings and the loader's version."""
-    digest = hashlib.sha256(f"{config.size}|{config.policy}|{PREPROCESSING}".encode())
+    hashed_at = f"|hashed at {HASH_MIN_SIZE}" if config.size < HASH_MIN_SIZE else ""  # since 2026-12-02
+    digest = hashlib.sha256(f"{config.size}|{config.policy}|{PREPROCESSING}{hashed_at}".encode())
     for path in paths:
         try:
             stat = os.stat(path)

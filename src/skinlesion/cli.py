@@ -146,10 +146,12 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
               "the weights with this decay per batch (e.g. 0.995); 0 = off.")
 @click.option("--color-constancy", default=0.0, show_default=True, help="Grey the light of every photo inside the "
               "network (shades of gray with this power, e.g. 6), so training and serving do the same; 0 = off.")
+@click.option("--drop-path", default=0.0, show_default=True, help="Stochastic depth (efficientnet_lite0): skip "
+              "each residual block in training at a rate rising over the blocks to about this; 0 = off.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_decay, dropout, label_smoothing, width,
           imbalance, no_pretrained, no_augment, patience, select, seed, accelerator, devices, num_nodes,
-          limit_train_batches, init_model, mixup, ema, color_constancy, augmentation, resume):
+          limit_train_batches, init_model, mixup, ema, color_constancy, augmentation, drop_path, resume):
     """Train a model on a prepared data set; write checkpoints, epochs.csv and model.pt to --out."""
     from skinlesion.models import model_spec
     from skinlesion.training import TrainConfig, fit
@@ -160,7 +162,7 @@ def train(prepared_dir, model_name, run_dir, epochs, batch_size, lr, weight_deca
         config = TrainConfig(model_name, width, not no_pretrained, epochs, batch_size, lr, weight_decay, dropout,
                              label_smoothing, imbalance, not no_augment, patience, seed, accelerator, str(devices),
                              num_nodes, limit, str(init_model or ""), select, mixup, ema, color_constancy,
-                             augmentation)
+                             augmentation, drop_path)
         return fit(prepared_dir, run_dir, config, resume=resume)
 
     out = fail_cleanly(run)

