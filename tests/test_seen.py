@@ -271,7 +271,7 @@ def test_the_bundled_model_lends_the_split_on_its_card(shared_data, tmp_path):
     assert not set(seen["train"]["lesions"]) & set(seen["val"]["lesions"])
     result = CliRunner().invoke(main, ["prepare", "--data", str(shared_data), "--out", str(tmp_path / "p"), "--balance",
                                        "all", "--size", "16", "--splits-from", str(BUNDLED_MODEL),
-                                       "--no-merge-near-duplicates"])  # at 16 px the hash merges unrelated photos
+                                       "--no-merge-near-duplicates"])  # else 19 test photos join a seen group
     assert result.exit_code == 0, result.output
     prepared = load_prepared(tmp_path / "p")
     for split in ("train", "val", "test"):  # photos per class and split as the card records them
