@@ -111,6 +111,7 @@ def test_training_errors_are_clean(prepared32, tmp_path):
                                        "--drop-path", "0.1"])
     assert result.exit_code == 1 and "stochastic depth is built into efficientnet_lite0 only, not mobilenet_v2" \
         in result.output
+    assert not (tmp_path / "r").exists()  # a refused run leaves no empty run folder behind
 
 
 @pytest.mark.parametrize("option, value, problem", [

@@ -257,7 +257,6 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
         raise ValueError(f"{last}: nothing to resume; start without --resume")
     if resume:
         check_same_run(run_dir, Path(prepared_dir), config)
-    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = PreparedData(prepared_dir, config.batch_size, config.imbalance, config.seed)
     prepared = data.prepared
@@ -267,6 +266,7 @@ def fit(prepared_dir: Path, run_dir: Path, config: TrainConfig, resume: bool = F
     system = LesionSystem(asdict(config), list(prepared.classes), prepared.size, prepared.policy, data.loss_weights())
     if config.init and not resume:
         start_from(system.model, Path(config.init), config, prepared)
+    run_dir.mkdir(parents=True, exist_ok=True)  # after every check that can refuse the run: no empty folder left
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(run_dir / "checkpoints", filename="best", mode="max",
                                                       monitor=SELECT[config.select])
     # Every epoch, whatever its score, so --resume loses no finished epoch (Lightning's save_last only writes
