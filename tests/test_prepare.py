@@ -124,10 +124,22 @@ def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_pa
         f"since added or removed)" in result.output
     assert (tmp_path / "p" / "splits.csv").read_bytes() == written
     # The same photos elsewhere are decoded again into a cache of their own and give the same split: accepted.
+    # The folder's own cache keeps only the pixels it reads: the old files' cache goes once the new one is named.
+    old_cache = tmp_path / "p" / json.loads((tmp_path / "p" / "prepared.json").read_text())["cache"]
+    other_size = shutil.copy(old_cache, old_cache.with_name("pixels-24-squash-000000000000.npy"))  # not this size
+    refused = run_prepare("--data", shutil.copytree(moved, tmp_path / "moved2"), "--out", tmp_path / "p",
+                          "--size", 16, "--balance", "all", "--seed", 5)  # decoded anew, then refused: other split
+    assert refused.exit_code == 1 and "already holds another split" in refused.output, refused.output
+    assert old_cache.exists() and load_prepared(tmp_path / "p").pixels.shape[1] == 16  # the folder still reads it
     again = run_prepare("--data", moved, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
     assert again.exit_code == 0 and "cache built" in again.output, again.output
     assert (tmp_path / "p" / "splits.csv").read_bytes() == written
-    assert len(list((tmp_path / "p" / "cache").glob("pixels-16-squash-*.npy"))) == 2
+    assert f"removed 2 older pixel cache(s) of these photos from {old_cache.parent}" in again.output
+    new_cache = tmp_path / "p" / json.loads((tmp_path / "p" / "prepared.json").read_text())["cache"]
+    assert list((tmp_path / "p" / "cache").glob("pixels-16-squash-*.npy")) == [new_cache] != [old_cache]
+    assert not any(old_cache.with_suffix(s).exists() for s in (".npy", ".json", ".csv")) and other_size.exists()
+    assert load_prepared(tmp_path / "p").pixels.shape[0] == len(pd.read_csv(tmp_path / "p" / "splits.csv"))
+    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["old_caches"]["count"] == 2
     fresh = run_prepare("--data", small_layout, "--out", tmp_path / "q", "--size", 16, "--balance", "all")
     assert fresh.exit_code == 0 and "skipped 1 problem rows or images" in fresh.output
 
@@ -139,7 +151,9 @@ def test_a_shared_pixel_cache_keeps_each_set_of_photos_apart(small_layout, tmp_p
     sorted((small_layout / IMAGE_DIR).iterdir())[0].unlink()  # other photos, the same cache folder
     other = run_prepare("--data", small_layout, "--out", tmp_path / "b", *cache)
     assert other.exit_code == 0 and "cache built" in other.output, other.output
-    assert len(list((tmp_path / "cache").glob("pixels-16-squash-*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("pixels-16-squash-*.npy"))) == 2  # a shared cache is never pruned
+    assert f"the shared cache folder {tmp_path / 'cache'} also holds 1 other pixel cache(s) at this size" \
+        in other.output
     assert np.array_equal(np.array(load_prepared(tmp_path / "a").pixels), before)  # the first folder's pixels stand
 
 

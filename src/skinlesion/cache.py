@@ -107,6 +107,23 @@ def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, prog
     return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=False, path=pixels_path)
 
 
+def other_caches(cache: PixelCache) -> list[Path]:
+    """Return the other caches at this cache's size and policy beside it (their .npy files): of photos since moved,
+    changed or decoded by an older loader, or, in a shared cache folder, of other photos."""
+    prefix = cache.path.name.rsplit("-", 1)[0]  # pixels-<size>-<policy>
+    return sorted(p for p in cache.path.parent.glob(f"{prefix}-*.npy") if p != cache.path)
+
+
+def cache_bytes(pixels_path: Path) -> int:
+    return sum(p.stat().st_size for p in (pixels_path.with_suffix(s) for s in (".npy", ".json", ".csv")) if p.exists())
+
+
+def remove_cache(pixels_path: Path) -> None:
+    """Delete one cache's files, the .json first, so an interrupted removal leaves nothing that looks complete."""
+    for suffix in (".json", ".npy", ".csv"):
+        pixels_path.with_suffix(suffix).unlink(missing_ok=True)
+
+
 def near_duplicate_pairs(index: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_BITS) -> list[tuple[str, str]]:
     """Return (image, image) pairs whose 512-bit hashes differ in at most max_distance bits."""
     ok = index[index["problem"] == ""]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.cache import CacheConfig, build_cache, near_duplicate_pairs
+from skinlesion.cache import CacheConfig, build_cache, cache_bytes, near_duplicate_pairs, other_caches, remove_cache
 from skinlesion.classes import CODES
 from skinlesion.imaging import NEAR_DUPLICATE_BITS
 from skinlesion.isic import read_isic
@@ -54,8 +54,10 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     isic = read_isic(Path(data_dir))
     refuse_other_photos(out_dir, config.cache, isic.images["image"].tolist())
+    own_cache = cache_dir is None
     cache_dir = Path(cache_dir).resolve() if cache_dir else out_dir / "cache"
     cache = build_cache(isic.images, cache_dir, config.cache, progress=progress)
+    old_caches = other_caches(cache)
     problems = list(isic.problems)
     readable = cache.index["problem"] == ""
     for image, path, problem in cache.index.loc[~readable, ["image", "path", "problem"]].itertuples(index=False):
@@ -89,6 +91,8 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
         "config": asdict(config),
         "cache": str(cache.path.relative_to(out_dir) if cache.path.is_relative_to(out_dir) else cache.path),
         "cache_reused": cache.reused,
+        "old_caches": {"count": len(old_caches), "bytes": sum(map(cache_bytes, old_caches)), "removed": own_cache,
+                       "folder": str(cache.path.parent)},
         "images_read": int(len(images)),
         "problems": len(problems),
         "near_duplicate_pairs": len(pairs),
@@ -98,6 +102,9 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
         "counts_after": count_table(table, result.classes).to_dict(),
     }
     (out_dir / PREPARED_JSON).write_text(json.dumps(summary, indent=1))
+    if own_cache:  # only now that the folder names its new cache; a shared one may hold other folders' photos
+        for path in old_caches:  # the same photos moved, touched or decoded by an older loader: nothing reads them
+            remove_cache(path)
     return summary
 
 
@@ -249,6 +256,15 @@ def describe_summary(summary: dict, out_dir: Path) -> str:
               f"near-duplicate pairs: {summary['near_duplicate_pairs']}, across splits: "
               f"{summary['near_duplicate_pairs_across_splits']} (see {out_dir / NEAR_DUPLICATES_CSV})",
               f"lesions with images in more than one split: {summary['lesions_across_splits']}"]
+    old = summary.get("old_caches") or {"count": 0}  # folders prepared before 2026-12-03 lack it
+    if old["count"] and old["removed"]:
+        lines.append(f"removed {old['count']} older pixel cache(s) of these photos from {old['folder']} "
+                     f"({old['bytes'] / 1e9:.2f} GB): of the photos' files before they moved or changed, or decoded "
+                     "by an older loader")
+    elif old["count"]:
+        lines.append(f"note: the shared cache folder {old['folder']} also holds {old['count']} other pixel cache(s) "
+                     f"at this size ({old['bytes'] / 1e9:.2f} GB): delete those no other prepared folder reads "
+                     "(each folder's prepared.json names its cache)")
     if summary["problems"]:
         lines.append(f"skipped {summary['problems']} problem rows or images (see {out_dir / PROBLEMS_CSV})")
     lines.append(f"manifest: {out_dir / MANIFEST}")

@@ -18,11 +18,11 @@ WHERE_IT_RUNS = ("accelerator", "devices", "num_nodes")  # may change when a run
 
 def prepared_digest(prepared_dir: Path) -> str:
     """Hash what a run learns from in a prepared folder besides its pixels: the split and its settings (not where the
-    photos or their pixel cache lie, or whether the last `prepare` reused the cache: scripts prepare again, unchanged,
-    before they resume, and `prepare` refuses other photos or another split over a folder)."""
+    photos or their pixel cache lie, whether the last `prepare` reused the cache or found old ones: scripts prepare
+    again, unchanged, before they resume, and `prepare` refuses other photos or another split over a folder)."""
     digest = hashlib.sha256((prepared_dir / "splits.csv").read_bytes())
     summary = read_summary(prepared_dir)
-    for volatile in ("data", "cache", "cache_reused"):
+    for volatile in ("data", "cache", "cache_reused", "old_caches"):
         summary.pop(volatile, None)
     digest.update(json.dumps(summary, sort_keys=True).encode())
     return digest.hexdigest()
