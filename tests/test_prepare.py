@@ -127,6 +127,7 @@ def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_pa
     # The folder's own cache keeps only the pixels it reads: the old files' cache goes once the new one is named.
     old_cache = tmp_path / "p" / json.loads((tmp_path / "p" / "prepared.json").read_text())["cache"]
     other_size = shutil.copy(old_cache, old_cache.with_name("pixels-24-squash-000000000000.npy"))  # not this size
+    unnamed = shutil.copy(old_cache, old_cache.with_name("pixels-16-squash.npy"))  # named as before fingerprints
     refused = run_prepare("--data", shutil.copytree(moved, tmp_path / "moved2"), "--out", tmp_path / "p",
                           "--size", 16, "--balance", "all", "--seed", 5)  # decoded anew, then refused: other split
     assert refused.exit_code == 1 and "already holds another split" in refused.output, refused.output
@@ -134,12 +135,13 @@ def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_pa
     again = run_prepare("--data", moved, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
     assert again.exit_code == 0 and "cache built" in again.output, again.output
     assert (tmp_path / "p" / "splits.csv").read_bytes() == written
-    assert f"removed 2 older pixel cache(s) of these photos from {old_cache.parent}" in again.output
+    assert f"removed 3 older pixel cache(s) of these photos from {old_cache.parent}" in again.output
     new_cache = tmp_path / "p" / json.loads((tmp_path / "p" / "prepared.json").read_text())["cache"]
     assert list((tmp_path / "p" / "cache").glob("pixels-16-squash-*.npy")) == [new_cache] != [old_cache]
     assert not any(old_cache.with_suffix(s).exists() for s in (".npy", ".json", ".csv")) and other_size.exists()
+    assert not unnamed.exists()
     assert load_prepared(tmp_path / "p").pixels.shape[0] == len(pd.read_csv(tmp_path / "p" / "splits.csv"))
-    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["old_caches"]["count"] == 2
+    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["old_caches"]["count"] == 3
     fresh = run_prepare("--data", small_layout, "--out", tmp_path / "q", "--size", 16, "--balance", "all")
     assert fresh.exit_code == 0 and "skipped 1 problem rows or images" in fresh.output
 

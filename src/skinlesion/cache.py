@@ -110,8 +110,9 @@ def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, prog
 def other_caches(cache: PixelCache) -> list[Path]:
     """Return the other caches at this cache's size and policy beside it (their .npy files): of photos since moved,
     changed or decoded by an older loader, or, in a shared cache folder, of other photos."""
-    prefix = cache.path.name.rsplit("-", 1)[0]  # pixels-<size>-<policy>
-    return sorted(p for p in cache.path.parent.glob(f"{prefix}-*.npy") if p != cache.path)
+    prefix = cache.path.name.rsplit("-", 1)[0]  # pixels-<size>-<policy>; the first caches had no fingerprint
+    found = [*cache.path.parent.glob(f"{prefix}-*.npy"), *cache.path.parent.glob(f"{prefix}.npy")]
+    return sorted(p for p in found if p != cache.path)
 
 
 def cache_bytes(pixels_path: Path) -> int:
