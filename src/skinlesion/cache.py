@@ -15,6 +15,7 @@ from skinlesion.imaging import (HASH_MIN_SIZE, NEAR_DUPLICATE_BITS, ImageError, 
                                 model_input_and_hash, open_rgb)
 
 PREPROCESSING = "dark-border-filled-2"  # changes whenever imaging's output changes, so older caches are rebuilt
+CACHE_SUFFIXES = (".json", ".npy", ".csv")  # one cache's files; the .json is written last and removed first
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, prog
     paths = images["path"].tolist()
     key = fingerprint(paths, config)
     stem = cache_dir / f"pixels-{config.size}-{config.policy}-{key[:12]}"
-    meta_path, pixels_path, index_path = (stem.with_suffix(s) for s in (".json", ".npy", ".csv"))
+    meta_path, pixels_path, index_path = (stem.with_suffix(s) for s in CACHE_SUFFIXES)
     if meta_path.exists() and pixels_path.exists() and index_path.exists():
         if json.loads(meta_path.read_text()).get("fingerprint") == key:
             index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
@@ -116,12 +117,12 @@ def other_caches(cache: PixelCache) -> list[Path]:
 
 
 def cache_bytes(pixels_path: Path) -> int:
-    return sum(p.stat().st_size for p in (pixels_path.with_suffix(s) for s in (".npy", ".json", ".csv")) if p.exists())
+    return sum(p.stat().st_size for p in (pixels_path.with_suffix(s) for s in CACHE_SUFFIXES) if p.exists())
 
 
 def remove_cache(pixels_path: Path) -> None:
     """Delete one cache's files, the .json first, so an interrupted removal leaves nothing that looks complete."""
-    for suffix in (".json", ".npy", ".csv"):
+    for suffix in CACHE_SUFFIXES:
         pixels_path.with_suffix(suffix).unlink(missing_ok=True)
 
 
