@@ -23,6 +23,18 @@ def test_cache_is_built_once_and_rebuilt_when_an_image_changes(small_layout, tmp
     assert not other_size.reused and other_size.pixels.shape[1:] == (40, 40, 3)
 
 
+def test_one_folder_spelt_relative_absolute_or_through_a_link_shares_one_cache(small_layout, tmp_path, monkeypatch):
+    config = CacheConfig(size=32, workers=1)
+    first = build_cache(read_isic(small_layout).images, tmp_path / "cache", config, progress=False)
+    (tmp_path / "link").symlink_to(small_layout)
+    monkeypatch.chdir(small_layout.parent)
+    for spelling in (small_layout.name, tmp_path / "link", f"../{tmp_path.name}/./link"):
+        images = read_isic(spelling).images
+        assert images["path"].iloc[0] != first.index["path"].iloc[0]  # the paths as given differ
+        again = build_cache(images, tmp_path / "cache", config, progress=False)
+        assert again.reused and again.path == first.path, spelling
+
+
 def test_corrupt_and_truncated_images_are_reported_not_fatal(small_layout, tmp_path):
     images = read_isic(small_layout).images
     truncated, corrupt = images["path"].iloc[0], images["path"].iloc[1]
