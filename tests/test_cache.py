@@ -72,15 +72,19 @@ def test_exact_copy_is_a_near_duplicate_and_other_lesions_are_not(shared_data):
 def test_tiny_inputs_are_hashed_large_enough_to_tell_lesions_apart(shared_data):
     import pandas as pd
 
-    from skinlesion.imaging import model_input_and_hash, open_rgb, resize
+    from skinlesion.imaging import HASH_MIN_SIZE, model_input_and_hash, open_rgb, resize
 
     paths = sorted((shared_data / IMAGE_DIR).glob("ISIC_00245*.jpg"))[:60]
     photos = [open_rgb(p, draft_size=8) for p in paths]
     tiny = pd.DataFrame({"image": [p.stem for p in paths], "problem": "",
                          "dhash": [model_input_and_hash(photo, 8, "squash")[1] for photo in photos]})
     as_seen = tiny.assign(dhash=[difference_hash(resize(photo, 8, "squash")) for photo in photos])
-    assert len(near_duplicate_pairs(as_seen)) >= 5  # an 8 px photo's own hash calls unrelated lesions alike
+    assert len(near_duplicate_pairs(as_seen)) >= 3  # an 8 px photo's own hash calls unrelated lesions alike
     assert len(near_duplicate_pairs(tiny)) <= 1
+    # Decoded no smaller than the hash is taken, a tiny input's hash is the photo's hash at that size.
+    at_hash_size = [model_input_and_hash(open_rgb(p, draft_size=HASH_MIN_SIZE), HASH_MIN_SIZE, "squash")[1]
+                    for p in paths]
+    assert tiny["dhash"].tolist() == at_hash_size
 
 
 def test_the_cache_holds_painted_borders_but_hashes_the_photo_as_it_was(small_layout, tmp_path):

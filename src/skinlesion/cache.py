@@ -45,7 +45,8 @@ def fingerprint(paths: list[str], config: CacheConfig) -> str:
     """Hash what the cache depends on: image files (real path, size, mtime), the resize settings and the loader's
     version. The real path, so one folder spelt relative, absolute or through a link shares one cache (since
     2026-12-03; caches named before are decoded again once, then pruned by `prepare`)."""
-    hashed_at = f"|hashed at {HASH_MIN_SIZE}" if config.size < HASH_MIN_SIZE else ""  # since 2026-12-02
+    # Since 2026-12-02 tiny inputs are hashed at HASH_MIN_SIZE, since 2026-12-03 from a decode at least that large.
+    hashed_at = f"|hashed at {HASH_MIN_SIZE} from a draft as large" if config.size < HASH_MIN_SIZE else ""
     digest = hashlib.sha256(f"{config.size}|{config.policy}|{PREPROCESSING}{hashed_at}|real paths".encode())
     for path in map(os.path.realpath, paths):
         try:

@@ -27,8 +27,10 @@ def open_rgb(source, draft_size: int | None = None) -> Image.Image:
         if original_size[0] * original_size[1] > Image.MAX_IMAGE_PIXELS:
             raise Image.DecompressionBombError("too many pixels")
         if draft_size and image.format == "JPEG":
-            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
-            image.draft("RGB", (draft_size, draft_size))
+            # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the requested size, nor below the size
+            # the near-duplicate hash is taken at: a tiny input's hash is then the same photo's hash at that size.
+            side = max(draft_size, HASH_MIN_SIZE)
+            image.draft("RGB", (side, side))
         image.load()
         upright = to_rgb(ImageOps.exif_transpose(image))
         if upright.size != image.size:  # turned a quarter by its EXIF orientation
