@@ -45,6 +45,19 @@ def test_predict_folder_writes_an_isic_submission_and_reports_skips(tiny_onnx, i
     assert frame.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
     assert "skipped" in result.output and "notes.txt: not an image file" in result.output
     assert "broken.jpg: not a readable image" in result.output
+    assert "would not assess" not in result.output
+
+
+def test_predict_keeps_a_row_for_a_picture_the_web_app_refuses_and_says_so(tiny_onnx, image_folder, tmp_path):
+    Image.open(sorted(image_folder.glob("ISIC_*.jpg"))[0]).convert("L").save(image_folder / "grey.png")
+    out = tmp_path / "preds.csv"
+    submission = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--output",
+                                           str(out)])
+    assert submission.exit_code == 0, submission.output
+    assert len(pd.read_csv(out)) == 6  # a submission needs a row for every photo
+    assert "the web app would not assess 1 of these 6 photos as skin photos (grey)" in submission.output
+    table = CliRunner().invoke(main, ["predict", str(image_folder / "grey.png"), "--model", str(tiny_onnx)])
+    assert table.exit_code == 0 and "cannot assess: the image does not look like a photo of skin" in table.output
 
 
 def test_predict_writes_the_web_apps_answer_for_each_photo(tiny_onnx, image_folder, prepared32, tmp_path):
@@ -54,25 +67,34 @@ def test_predict_writes_the_web_apps_answer_for_each_photo(tiny_onnx, image_fold
     manifest = read_manifest(prepared32)  # one photo named like one the model trained on: flagged, as on the page
     trained = manifest[manifest["split"] == "train"]["image"].iloc[0]
     shutil.copy(sorted(image_folder.glob("ISIC_*.jpg"))[0], image_folder / f"{trained}.jpg")
+    Image.open(sorted(image_folder.glob("ISIC_*.jpg"))[1]).convert("L").save(image_folder / "grey.jpg")  # refused
     out = tmp_path / "answers.csv"
     args = ["predict", str(image_folder), "--model", str(tiny_onnx), "--output", str(out), "--format", "assessments"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out, keep_default_na=False)
     assert list(frame.columns) == ["image", "label", "probability", "risk", "uncertain", "refer", "concern",
-                                   "seen_by_model", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
-    assert len(frame) == 6 and frame.set_index("image").loc[trained, "seen_by_model"] == "train"
+                                   "seen_by_model", "cannot_assess", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC",
+                                   "SCC"]
+    assert len(frame) == 7 and frame.set_index("image").loc[trained, "seen_by_model"] == "train"
+    assert (frame["cannot_assess"] != "").tolist() == (frame["image"] == "grey").tolist()
     client = create_app({"TESTING": True, "MODEL": str(tiny_onnx)}).test_client()
     for row in frame.to_dict("records"):
         photo = (image_folder / f"{row['image']}.jpg").read_bytes()
-        api = client.post("/api/v1/predict", data={"image": (io.BytesIO(photo), f"{row['image']}.jpg")},
-                          content_type="multipart/form-data").json
+        response = client.post("/api/v1/predict", data={"image": (io.BytesIO(photo), f"{row['image']}.jpg")},
+                               content_type="multipart/form-data")
+        api = response.json
+        if row["cannot_assess"]:  # the API's refusal, and nothing the page would not show
+            assert response.status_code == 422 and row["cannot_assess"] in api["message"]
+            assert row["label"] == row["probability"] == row["MEL"] == ""
+            continue
         assert (row["label"], row["risk"], row["seen_by_model"] or None) == (api["label"], api["risk"],
                                                                               api["seen_by_model"])
         assert (str(row["uncertain"]), str(row["refer"])) == (str(api["uncertain"]), str(api["refer"]))
-        assert row["probability"] == pytest.approx(api["probability"], abs=1e-6)
-        assert row["concern"] == pytest.approx(api["concern"], abs=1e-6)
-        assert [row[c] for c in api["probabilities"]] == pytest.approx(list(api["probabilities"].values()), abs=1e-6)
+        assert float(row["probability"]) == pytest.approx(api["probability"], abs=1e-6)  # text: a column has blanks
+        assert float(row["concern"]) == pytest.approx(api["concern"], abs=1e-6)
+        assert [float(row[c]) for c in api["probabilities"]] == pytest.approx(list(api["probabilities"].values()),
+                                                                              abs=1e-6)
 
 
 def test_predict_says_which_folder_holds_no_photos_and_where_they_may_be(tiny_onnx, image_folder, tmp_path):
@@ -149,7 +171,7 @@ def test_predict_without_output_prints_a_table(tiny_onnx, image_folder):
     assert (top < 0.5) == result.stdout.rstrip().endswith("uncertain")
     # A benign answer whose cancers and pre-cancers together reach the model's referral threshold says so.
     predictor = Predictor(tiny_onnx)
-    probabilities = predictor.predict_files([photo])[0][0][1]
+    probabilities = predictor.predict_files([photo])[0][0].probabilities
     label = max(probabilities, key=probabilities.get)
     expected = BY_CODE[label].risk == "benign" and predictor.refers(probabilities)[1]
     assert ("have it checked: cancer not ruled out" in result.stdout) == expected

@@ -283,14 +283,19 @@ def predict(inputs, model_path, output, output_format, batch_size):
     if not rows:  # a mistyped folder must not pass for an empty result
         raise click.ClickException(f"no readable image among {len(inputs)} input(s); nothing predicted or written")
     if output:
-        frame = pd.DataFrame([{"image": name, **predictor.output_row(probs, output_format, met)}
-                              for name, probs, met in rows], columns=["image", *OUTPUT_COLUMNS[output_format]])
+        frame = pd.DataFrame([{"image": row.image, **predictor.output_row(row, output_format)} for row in rows],
+                             columns=["image", *OUTPUT_COLUMNS[output_format]])
         fail_cleanly(lambda: frame.to_csv(output, index=False, float_format="%.6f"))
         click.echo(f"wrote {len(rows)} predictions to {output}")
     else:
-        for name, probs, _ in rows:
-            click.echo(predictor.table_row(name, probs))
-    seen = Counter(met for _, _, met in rows)
+        for row in rows:
+            click.echo(predictor.table_row(row))
+    refused = [row.image for row in rows if row.cannot_assess]
+    if refused and output and output_format != "assessments":
+        click.echo(f"note: the web app would not assess {len(refused)} of these {len(rows)} photos as skin photos "
+                   f"({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); they have rows in {output} "
+                   f"all the same (--format assessments gives the reason for each)", err=True)
+    seen = Counter(row.seen_by_model for row in rows)
     if seen["train"] or seen["val"]:
         click.echo(f"note: the model trained on {seen['train']} and validated on {seen['val']} of these {len(rows)} "
                    f"photos (by file name, or as near-identical pixels: the same photo or lesion); its answers on "

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -24,9 +25,19 @@ BUNDLED_MODEL = Path(__file__).parent / "bundled" / "model.onnx"
 # The columns (after `image`) of each CSV `predict --output` writes. ISIC submissions: ISIC 2019's eight classes; the
 # same with the ISIC 2019 test set's UNK ("none of the others"), whose truth has that ninth column; ISIC 2018's seven.
 SUBMISSION_COLUMNS = {"isic2019": CODES, "isic2019-unk": (*CODES, UNKNOWN_CODE), "isic2018": ISIC2018_CODES}
-# `assessments`: the web API's answer for each photo (Predictor.answer), then the eight probabilities.
+# `assessments`: the web API's answer for each photo (Predictor.answer), then the eight probabilities; for a photo the
+# web app refuses, only why (cannot_assess), as the API answers it.
 ANSWER_FIELDS = ("label", "probability", "risk", "uncertain", "refer", "concern")
-OUTPUT_COLUMNS = {**SUBMISSION_COLUMNS, "assessments": (*ANSWER_FIELDS, "seen_by_model", *CODES)}
+OUTPUT_COLUMNS = {**SUBMISSION_COLUMNS, "assessments": (*ANSWER_FIELDS, "seen_by_model", "cannot_assess", *CODES)}
+
+
+class FilePrediction(NamedTuple):
+    """One photo's row of `predict`."""
+
+    image: str  # the file name without its suffix
+    probabilities: dict  # every ISIC class
+    seen_by_model: str | None  # "train" / "val" (seen.py)
+    cannot_assess: str | None  # why the web app would refuse the photo (guard.py); submissions keep every photo
 
 
 @dataclass
@@ -105,19 +116,25 @@ class Predictor:
         return {"label": label, "probability": probabilities[label], "risk": BY_CODE[label].risk,
                 "uncertain": is_uncertain(probabilities[label]), "refer": refer, "concern": concern}
 
-    def table_row(self, name: str, probabilities: dict) -> str:
+    def table_row(self, prediction: FilePrediction) -> str:
         """Render one photo's answer as `predict` prints it, flagged as the web page flags it: a benign answer the
-        referral rule still sends on, an unsure one."""
+        referral rule still sends on, an unsure one; a photo the page refuses gets the page's reason instead."""
+        name, probabilities = prediction.image, prediction.probabilities
+        if prediction.cannot_assess:
+            return f"{name:32s} cannot assess: {prediction.cannot_assess}"
         answer = self.answer(probabilities)
         top, risk = answer["label"], answer["risk"]
         flags = "  have it checked: cancer not ruled out" if risk == "benign" and answer["refer"] else ""
         flags += "  uncertain" if answer["uncertain"] else ""
         return f"{name:32s} {top:5s} {answer['probability']:6.1%}  {BY_CODE[top].name} ({risk}){flags}"
 
-    def output_row(self, probabilities: dict, output_format: str, seen_by_model: str | None = None) -> dict:
+    def output_row(self, prediction: FilePrediction, output_format: str) -> dict:
         """Return one photo's row of a `predict --output` CSV in OUTPUT_COLUMNS[output_format]."""
+        probabilities = prediction.probabilities
+        if output_format == "assessments" and prediction.cannot_assess:
+            return {"seen_by_model": prediction.seen_by_model, "cannot_assess": prediction.cannot_assess}
         if output_format == "assessments":
-            return {**self.answer(probabilities), "seen_by_model": seen_by_model, **probabilities}
+            return {**self.answer(probabilities), "seen_by_model": prediction.seen_by_model, **probabilities}
         if output_format == "isic2018":
             return self.as_isic2018(probabilities)
         if output_format == "isic2019-unk":  # the model knows no such class, so it calls no photo unknown
@@ -155,23 +172,26 @@ class Predictor:
                           heatmap_png=heatmap_overlay(pixels, class_map, shape) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
-    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[tuple[str, dict, str | None]], list]:
-        """Classify image files in batches; return ((image, probabilities, seen_by_model) rows, problems)."""
+    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[FilePrediction], list]:
+        """Classify image files in batches; return (one FilePrediction a readable photo, problems)."""
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
-            names, batch, seen = [], [], []
+            names, batch, seen, refused = [], [], [], []
             for path in paths[start:start + batch_size]:
                 try:
-                    pixels, dhash = model_input_and_hash(open_rgb(path, draft_size=self.size), self.size, self.policy)
+                    image = open_rgb(path, draft_size=self.size)
+                    pixels, dhash = model_input_and_hash(image, self.size, self.policy)
                 except ImageError as error:
                     problems.append({"path": str(path), "problem": str(error)})
                     continue
                 batch.append(pixels)
                 names.append(Path(path).stem)
                 seen.append(self.seen_photos.split_of(names[-1], dhash))
+                refused.append(cannot_assess(image, pixels))
             if batch:
                 probs, _ = self.run(np.stack(batch))
-                rows += [(name, self.all_codes(p), met) for name, p, met in zip(names, probs, seen)]
+                rows += [FilePrediction(name, self.all_codes(p), met, reason)
+                         for name, p, met, reason in zip(names, probs, seen, refused)]
         return rows, problems
 
 
