@@ -88,25 +88,29 @@ def test_an_exported_file_is_scored_like_the_model_it_came_from(tiny_onnx, prepa
     assert np.abs(predictions[0].loc[rows["image"], list(classes)].to_numpy() - served).max() < 1e-5
 
 
-def test_ring_stress_scores_a_model_on_clean_ringed_colour_cast_and_square_photos(tiny_onnx, prepared32):
+def test_ring_stress_scores_a_model_on_clean_ringed_colour_cast_square_and_recompressed_photos(tiny_onnx, prepared32):
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "ring_stress.py"
     result = subprocess.run([sys.executable, str(script), str(tiny_onnx), str(prepared32), "--factors", "1.0",
-                             "--casts", "blue", "--square"], capture_output=True, text=True, timeout=600)
+                             "--casts", "blue", "--square", "--recompress", "jpeg:10"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]  # one a condition
-    assert [row["condition"] for row in rows] == ["none", 1.0, "blue cast", "square"]
+    assert [row["condition"] for row in rows] == ["none", 1.0, "blue cast", "square", "jpeg 10"]
     for row in rows:
         recalls = [row[c] for c in ("MEL", "NV", "BCC", "AK", "BKL", "SCC")]
         assert 0 <= min(recalls) and max(recalls) <= 1 and row["bacc"] == pytest.approx(sum(recalls) / 6, abs=2e-3)
         assert 0 <= row["referral sensitivity"] <= 1 and 0 <= row["specificity"] <= 1  # the file's referral rule
-    assert rows[0] != rows[1] and rows[0] != rows[2] and rows[0] != rows[3]  # each changes what the network sees
+    assert all(row != rows[0] for row in rows[1:])  # each changes what the network sees
     wrong = subprocess.run([sys.executable, str(script), str(tiny_onnx), str(prepared32), "--casts", "green"],
                            capture_output=True, text=True)
     assert wrong.returncode == 2 and "unknown cast green; choose from blue, pink, warm" in wrong.stderr
+    wrong = subprocess.run([sys.executable, str(script), str(tiny_onnx), str(prepared32), "--recompress", "png:50"],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--recompress 'png:50': give FORMAT:QUALITY, FORMAT one of jpeg" in wrong.stderr
 
 
 def test_a_model_and_data_of_another_size_fail_with_the_fix_before_any_work(tiny_onnx, prepared32):

@@ -124,8 +124,10 @@ def limitations(card: dict) -> list[str]:
         missed = [f"{names} {verb} recognised in only {shares} of held-out lesions; an answer naming another "
                   f"diagnosis does not rule {pronoun} out."]
     return [trained, *missed, "Only dermoscopic photos of a single lesion are meaningful input; the model knows "
-            "nothing about your history.", "It is a research tool, not a medical device, and it can be wrong in "
-            "either direction."]
+            "nothing about your history.", "Send the photo as the dermatoscope or camera saved it: recompressed by "
+            "a messaging app (JPEG quality 50, WebP) it loses the fine detail the model relies on, and about a tenth "
+            "of its accuracy.", "It is a research tool, not a medical device, and it can be wrong in either "
+            "direction."]
 
 
 @bp.get("/about")
