@@ -173,7 +173,7 @@ class Predictor:
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[FilePrediction], list]:
-        """Classify image files in batches; return (one FilePrediction a readable photo, problems)."""
+        """Classify image files in batches; return (one FilePrediction per readable photo, problems)."""
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
             names, batch, seen, refused = [], [], [], []
