@@ -33,6 +33,7 @@ def test_one_folder_spelt_relative_absolute_or_through_a_link_shares_one_cache(s
         assert images["path"].iloc[0] != first.index["path"].iloc[0]  # the paths as given differ
         again = build_cache(images, tmp_path / "cache", config, progress=False)
         assert again.reused and again.path == first.path, spelling
+        assert again.index["path"].tolist() == images["path"].tolist()  # problems are reported as spelt this time
 
 
 def test_corrupt_and_truncated_images_are_reported_not_fatal(small_layout, tmp_path):

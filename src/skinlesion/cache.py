@@ -91,7 +91,8 @@ def build_cache(images: pd.DataFrame, cache_dir: Path, config: CacheConfig, prog
     meta_path, pixels_path, index_path = (stem.with_suffix(s) for s in CACHE_SUFFIXES)
     if meta_path.exists() and pixels_path.exists() and index_path.exists():
         if json.loads(meta_path.read_text()).get("fingerprint") == key:
-            index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+            # The same files in the same order, perhaps spelt otherwise: reports name them as this call does.
+            index = pd.read_csv(index_path, dtype=str, keep_default_na=False).assign(path=paths)
             return PixelCache(np.load(pixels_path, mmap_mode="r"), index, reused=True, path=pixels_path)
     meta_path.unlink(missing_ok=True)  # a run killed from here on leaves no cache that looks complete
     size = config.size
