@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -131,17 +132,19 @@ def test_a_folder_is_not_prepared_again_from_changed_photos(small_layout, tmp_pa
                           "--size", 16, "--balance", "all", "--seed", 5)  # decoded anew, then refused: other split
     assert refused.exit_code == 1 and "already holds another split" in refused.output, refused.output
     assert old_cache.exists() and load_prepared(tmp_path / "p").pixels.shape[1] == 16  # the folder still reads it
+    # What it decoded for that call alone goes with the refusal.
+    assert sorted((tmp_path / "p" / "cache").glob("*.npy")) == sorted([old_cache, Path(other_size), Path(unnamed)])
     # The same photos elsewhere are decoded again into a cache of their own and give the same split: accepted.
     again = run_prepare("--data", moved, "--out", tmp_path / "p", "--size", 16, "--balance", "all")
     assert again.exit_code == 0 and "cache built" in again.output, again.output
     assert (tmp_path / "p" / "splits.csv").read_bytes() == written
-    assert f"removed 3 older pixel cache(s) of these photos from {old_cache.parent}" in again.output
+    assert f"removed 2 older pixel cache(s) of these photos from {old_cache.parent}" in again.output
     new_cache = tmp_path / "p" / json.loads((tmp_path / "p" / "prepared.json").read_text())["cache"]
     assert list((tmp_path / "p" / "cache").glob("pixels-16-squash-*.npy")) == [new_cache] and new_cache != old_cache
     assert not any(old_cache.with_suffix(s).exists() for s in (".npy", ".json", ".csv")) and other_size.exists()
     assert not unnamed.exists()
     assert load_prepared(tmp_path / "p").pixels.shape[0] == len(pd.read_csv(tmp_path / "p" / "splits.csv"))
-    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["old_caches"]["count"] == 3
+    assert json.loads((tmp_path / "p" / "prepared.json").read_text())["old_caches"]["count"] == 2
     fresh = run_prepare("--data", small_layout, "--out", tmp_path / "q", "--size", 16, "--balance", "all")
     assert fresh.exit_code == 0 and "skipped 1 problem rows or images" in fresh.output
 

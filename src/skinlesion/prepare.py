@@ -76,7 +76,12 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     elif config.split.splits_from:
         table["split"] = reused_splits(table, source, result.classes)
     manifest = table[list(MANIFEST_COLUMNS)].to_csv(index=False)
-    refuse_other_split(out_dir, manifest)
+    try:
+        refuse_other_split(out_dir, manifest)
+    except ValueError:
+        if own_cache and not cache.reused and cache.path != out_dir / read_summary(out_dir)["cache"]:
+            remove_cache(cache.path)  # decoded for this call alone; the folder still reads the cache it names
+        raise
     (out_dir / MANIFEST).write_text(manifest)
     pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
     cross = cross_split_pairs(table, pairs)
