@@ -41,6 +41,15 @@ def test_bundled_model_is_small_and_its_card_matches_its_metadata():
     assert f"together reach {rule['threshold']:.3f}" in card
 
 
+def test_bundled_card_is_what_its_metadata_renders(tmp_path):
+    from skinlesion.card import write_model_card
+
+    # A copy beside a card of its own: the rendering names the file, and must not touch the bundled one.
+    copy = tmp_path / BUNDLED_MODEL.name
+    copy.write_bytes(BUNDLED_MODEL.read_bytes())
+    assert write_model_card(copy, tmp_path / "MODEL_CARD.md").read_text() == CARD.read_text()
+
+
 def test_bundled_model_predicts_a_real_image(shared_data):
     predictor = Predictor()  # no path: the bundled model is the default
     assert predictor.path == BUNDLED_MODEL
