@@ -131,9 +131,9 @@ class Predictor:
     def output_row(self, prediction: FilePrediction, output_format: str) -> dict:
         """Return one photo's row of a `predict --output` CSV in OUTPUT_COLUMNS[output_format]."""
         probabilities = prediction.probabilities
-        if output_format == "assessments" and prediction.cannot_assess:
-            return {"seen_by_model": prediction.seen_by_model, "cannot_assess": prediction.cannot_assess}
         if output_format == "assessments":
+            if prediction.cannot_assess:  # as the API answers it: why, and no answer
+                return {"seen_by_model": prediction.seen_by_model, "cannot_assess": prediction.cannot_assess}
             return {**self.answer(probabilities), "seen_by_model": prediction.seen_by_model, **probabilities}
         if output_format == "isic2018":
             return self.as_isic2018(probabilities)

@@ -79,8 +79,10 @@ def prepare(data_dir: Path, out_dir: Path, config: PrepareConfig, progress: bool
     try:
         refuse_other_split(out_dir, manifest)
     except ValueError:
-        if own_cache and not cache.reused and cache.path != out_dir / read_summary(out_dir)["cache"]:
-            remove_cache(cache.path)  # decoded for this call alone; the folder still reads the cache it names
+        # Decoded for this call alone (a reused cache is the one the folder names, or a shared one): the folder
+        # still reads its own. Its prepared.json is not read here: a kill after splits.csv, before it, leaves none.
+        if own_cache and not cache.reused:
+            remove_cache(cache.path)
         raise
     (out_dir / MANIFEST).write_text(manifest)
     pd.DataFrame(problems, columns=["image", "path", "problem"]).to_csv(out_dir / PROBLEMS_CSV, index=False)
