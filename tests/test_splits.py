@@ -119,6 +119,16 @@ def test_weights_balance_the_classes():
     assert per_image[:30].sum() == pytest.approx(per_image[30:].sum())
 
 
+def test_lesion_sampler_draws_every_lesion_of_a_class_equally_often():
+    # MEL: lesion a photographed three times, lesion b once; NV: four single-photo lesions.
+    labels = pd.Series(["MEL"] * 4 + ["NV"] * 4, index=range(10, 18))
+    groups = pd.Series(["a", "a", "a", "b", "c", "d", "e", "f"], index=labels.index)
+    weights = sampler_weights(labels, groups)
+    assert weights[:4].sum() == pytest.approx(weights[4:].sum())  # classes still equally likely
+    assert weights[:3].sum() == pytest.approx(weights[3])  # lesion a as likely as lesion b, not three times
+    assert sampler_weights(labels)[:3].sum() == pytest.approx(3 * sampler_weights(labels)[3])  # the plain sampler
+
+
 def test_unknown_deal_lists_choices():
     with pytest.raises(ValueError, match="--deal 'biggest'; choose from random, largest-first"):
         SplitConfig(deal="biggest")

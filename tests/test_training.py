@@ -61,6 +61,19 @@ def test_training_lowers_the_loss_and_the_model_carries_its_metadata(prepared32,
     assert again.exit_code == 1 and "pass --resume" in again.output
 
 
+@pytest.mark.parametrize("imbalance", ["sampler", "lesion-sampler"])
+def test_the_sampler_draws_by_the_prepared_lesion_groups(prepared32, imbalance):
+    from skinlesion.prepare import load_prepared
+    from skinlesion.splits import sampler_weights
+    from skinlesion.training import PreparedData
+    train = load_prepared(prepared32).split("train")
+    assert train["group"].nunique() < len(train)  # some lesions have several photos, so the two samplers differ
+    expected = sampler_weights(train["label"], train["group"] if imbalance == "lesion-sampler" else None)
+    loader = PreparedData(prepared32, 32, imbalance, seed=0).train_dataloader()
+    assert loader.sampler.weights.numpy() == pytest.approx(expected)
+    assert len(next(iter(loader))[0]) == 32
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(prepared32, tmp_path):
     run = tmp_path / "run"
     args = ("--epochs", 4, "--limit-train-batches", 40, "--select", "top-class")

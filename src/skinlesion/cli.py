@@ -122,8 +122,10 @@ def prepare(data_dir, out_dir, balance_name, classes, min_images, cap, protocol,
 @click.option("--dropout", default=0.2, show_default=True)
 @click.option("--label-smoothing", default=0.1, show_default=True)
 @click.option("--width", default=1.0, show_default=True, help="MobileNetV2 width multiplier.")
-@click.option("--imbalance", default="none", show_default=True, type=click.Choice(["none", "weights", "sampler"]),
-              help="How to balance classes the data stage left imbalanced.")
+@click.option("--imbalance", default="none", show_default=True,
+              type=click.Choice(["none", "weights", "sampler", "lesion-sampler"]),
+              help="How to balance classes the data stage left imbalanced: lesion-sampler also draws every lesion "
+                   "of a class equally often, however many photos it has.")
 @click.option("--no-pretrained", is_flag=True, help="Train efficientnet_lite0 from scratch too.")
 @click.option("--no-augment", is_flag=True)
 @click.option("--augmentation", type=click.Choice(["standard", "strong", "ringed", "ringed-casts"]),

@@ -207,10 +207,16 @@ def class_weights(labels: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
     return np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0)
 
 
-def sampler_weights(labels: pd.Series) -> np.ndarray:
-    """Return per-image weights that make every class equally likely to be drawn."""
-    counts = labels.map(labels.value_counts())
-    return (1.0 / counts).to_numpy(dtype=float)
+def sampler_weights(labels: pd.Series, groups: pd.Series | None = None) -> np.ndarray:
+    """Return per-image weights that make every class equally likely to be drawn; given each image's lesion group,
+    also every lesion within its class (1 / (photos of its lesion x lesions of its class)), so a lesion photographed
+    six times is not drawn six times as often as one photographed once."""
+    if groups is None:
+        return (1.0 / labels.map(labels.value_counts())).to_numpy(dtype=float)
+    frame = pd.DataFrame({"label": labels, "group": groups})
+    photos_of_lesion = frame.groupby("group")["label"].transform("size")
+    lesions_of_class = frame.groupby("label")["group"].transform("nunique")
+    return (1.0 / (photos_of_lesion * lesions_of_class)).to_numpy(dtype=float)
 
 
 def count_table(table: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from skinlesion.presets import AUGMENTATIONS, EvalPreset
 from skinlesion.runs import check_same_run, prepared_digest, start_from
 from skinlesion.splits import class_weights, sampler_weights
 
-IMBALANCE = ("none", "weights", "sampler")
+IMBALANCE = ("none", "weights", "sampler", "lesion-sampler")
 # What chooses the kept epoch and stops training: the calibrated decision the model ships with, or (runs before
 # 2026-11-27, e.g. the bundled model's members) the top class of the raw logits.
 SELECT = {"calibrated": "val_bacc_calibrated", "top-class": "val_bacc"}
@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW's decoupled decay
     dropout: float = 0.2  # before the classifier
     label_smoothing: float = 0.1
-    imbalance: str = "none"  # "weights" or "sampler" when the data kept every image (--balance all)
+    imbalance: str = "none"  # "weights", "sampler" or "lesion-sampler" when the data kept every image (--balance all)
     augment: bool = True
     patience: int = 8  # epochs without a better selection score (see select) before stopping
     seed: int = 0
@@ -101,8 +101,9 @@ class PreparedData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self.tensors("train")
-        if self.imbalance == "sampler":
-            weights = sampler_weights(self.prepared.split("train")["label"])
+        if self.imbalance in ("sampler", "lesion-sampler"):
+            train = self.prepared.split("train")
+            weights = sampler_weights(train["label"], train["group"] if self.imbalance == "lesion-sampler" else None)
             generator = torch.Generator().manual_seed(self.seed)
             sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
             return DataLoader(data, self.batch_size, sampler=sampler, drop_last=True)
