@@ -116,14 +116,20 @@ def test_predict_reads_the_formats_dermatoscope_software_exports(tiny_onnx, imag
     photo = Image.open(sorted(image_folder.glob("ISIC_*.jpg"))[0])
     folder = tmp_path / "exports"
     folder.mkdir()
-    for suffix in ("tif", "bmp", "webp", "PNG"):
-        photo.save(folder / f"lesion-{suffix}.{suffix}", **({"lossless": True} if suffix == "webp" else {}))
+    for suffix in ("tif", "bmp", "webp", "PNG", "heic", "gif"):
+        options = {"webp": {"lossless": True}, "heic": {"quality": 95}}.get(suffix, {})
+        photo.save(folder / f"lesion-{suffix}.{suffix}", **options)
     out = tmp_path / "preds.csv"
     result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(tiny_onnx), "--output", str(out)])
     assert result.exit_code == 0 and "skipped" not in result.output, result.output
-    frame = pd.read_csv(out)
-    assert sorted(frame["image"]) == ["lesion-PNG", "lesion-bmp", "lesion-tif", "lesion-webp"]
-    assert frame.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
+    frame = pd.read_csv(out).set_index("image")
+    assert sorted(frame.index) == ["lesion-PNG", "lesion-bmp", "lesion-gif", "lesion-heic", "lesion-tif", "lesion-webp"]
+    assert frame.sum(axis=1).round(4).eq(1).all()
+    # Lossless copies answer as one photo; HEIC's lossy coding moves the probabilities a little, not the answer.
+    lossless = frame.loc[["lesion-PNG", "lesion-bmp", "lesion-tif", "lesion-webp"]]
+    assert (lossless.max() - lossless.min()).max() < 1e-5
+    assert frame.loc["lesion-heic"].idxmax() == frame.loc["lesion-PNG"].idxmax()
+    assert (frame.loc["lesion-heic"] - frame.loc["lesion-PNG"]).abs().max() < 0.05
 
 
 def test_predict_writes_isic_2018_classes_that_the_official_scorer_accepts(tiny_onnx, small_layout, tmp_path):
@@ -236,13 +242,14 @@ def test_an_answer_refers_by_the_cards_threshold_or_else_by_its_top_class(tiny_o
 
 
 @pytest.mark.parametrize("orientation, shape", [(1, (256, 192)), (6, (192, 256))])  # 6: the camera was turned a quarter
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF"])  # HEIF: an iPhone's photo, its turn stored as the file's rotation
 def test_heatmap_has_the_photos_own_shape_though_a_small_model_decodes_it_rounded(tiny_onnx, shared_data, orientation,
-                                                                                 shape):
+                                                                                 shape, fmt):
     photo = Image.open(shared_data / IMAGE_DIR / "ISIC_0024463.jpg")  # 200x150; a 32 px model decodes it at 50x38
     exif = Image.Exif()
     exif[0x0112] = orientation
     buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", quality=95, exif=exif)
+    photo.save(buffer, format=fmt, quality=95, exif=exif.tobytes())  # bytes: pillow-heif stores the turn from them
     result = Predictor(tiny_onnx).assess(buffer.getvalue(), heatmap=True)
     assert photo.size == (200, 150) and Image.open(io.BytesIO(base64.b64decode(result.heatmap_png))).size == shape
 

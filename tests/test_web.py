@@ -168,7 +168,7 @@ def test_decompression_bomb_is_refused(client):
     assert response.status_code == 415 and "too many pixels" in response.json["message"]
 
 
-@pytest.mark.parametrize("kind", ["png_alpha", "png_16bit", "cmyk_jpeg", "animated_gif", "palette_png"])
+@pytest.mark.parametrize("kind", ["png_alpha", "png_16bit", "cmyk_jpeg", "animated_gif", "palette_png", "heic"])
 def test_unusual_image_modes_are_classified(client, lesion_jpeg, kind):
     photo = Image.open(io.BytesIO(lesion_jpeg))
     if kind == "png_alpha":
@@ -177,6 +177,8 @@ def test_unusual_image_modes_are_classified(client, lesion_jpeg, kind):
         data = encode(Image.fromarray((__import__("numpy").asarray(photo.convert("L"), dtype="uint16") * 257)), "PNG")
     elif kind == "cmyk_jpeg":
         data = encode(photo.convert("CMYK"), "JPEG")
+    elif kind == "heic":  # an iPhone's photo, as a desktop browser sends it (Safari on iOS may convert it first)
+        data = encode(photo, "HEIF", quality=80)
     elif kind == "animated_gif":
         data = encode(photo, "GIF", save_all=True, append_images=[photo.rotate(90)], duration=100, loop=0)
     else:

@@ -5,14 +5,17 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from pillow_heif import register_heif_opener
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what dermatoscopes and phones export
+# What dermatoscopes and phones export: iPhones (and dermatoscopes clipped to them) save HEIC unless told otherwise.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif", ".gif")
 RESIZE_POLICIES = ("squash", "crop")  # squash: the paper's plain resize; crop: shorter side + centre crop
 # Decompression-bomb guard: a real dermoscopic photo is far below this (BCN images are 1024x1024).
 Image.MAX_IMAGE_PIXELS = 64_000_000
 DARK_BORDER_GREY = 30  # grey level (0-255) under which a region touching a corner is a dermatoscope's unlit border
 MIN_BORDER_SHARE = 0.01  # a dark border covering less of the image than this is left alone
 FRAME_PIXELS = 2  # a lighter frame this thin round a dark border (some older ISIC photos) hides it from the corner
+register_heif_opener()  # Pillow reads HEIC/HEIF through libheif, already turned upright by the file's own rotation
 
 
 class ImageError(Exception):

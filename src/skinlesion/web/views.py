@@ -170,7 +170,7 @@ def predict():
                                     name=Path(upload.filename or "").stem)
     except ImageError as error:
         return api_error(415, "not_an_image", f"This file cannot be read as an image: {error}. "
-                                              "Please send a JPEG or PNG photo.")
+                                              "Please send a JPEG, PNG or HEIC photo.")
     if not result.assessable:
         return api_error(422, "cannot_assess", f"Cannot assess this image: {result.reason}.")
     lesion = BY_CODE[result.label]

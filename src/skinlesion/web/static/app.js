@@ -104,7 +104,7 @@ async function analyse() {
 }
 
 $("file").addEventListener("change", (e) => choose(e.target.files[0]));
-// Browsers show JPEG, PNG and WebP but not TIFF, which the server reads all the same.
+// Browsers show JPEG, PNG and WebP but not TIFF or (outside Safari) HEIC, which the server reads all the same.
 $("preview").addEventListener("error", () => {
   if (!chosen) return;
   $("preview").hidden = true;
