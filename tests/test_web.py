@@ -111,6 +111,8 @@ def test_model_health_and_openapi_routes(client):
     assert client.get("/healthz").json["status"] == "ok"
     spec = client.get("/api/v1/openapi.json").json
     assert spec["openapi"].startswith("3.") and "/api/v1/predict" in spec["paths"]
+    upload = spec["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert ".heic" in upload["properties"]["image"]["description"]
 
 
 def test_security_headers(client):

@@ -1,6 +1,7 @@
 """The OpenAPI 3 description of the JSON API, served at /api/v1/openapi.json."""
 
 from skinlesion.classes import CODES
+from skinlesion.imaging import IMAGE_SUFFIXES
 
 ERROR = {"type": "object", "required": ["error", "message"],
          "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
@@ -22,7 +23,8 @@ def openapi_document(version: str, max_upload_mb: int) -> dict:
                 "summary": "Classify one image",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"},
+                    "properties": {"image": {"type": "string", "format": "binary",
+                                             "description": f"the photo, a {', '.join(IMAGE_SUFFIXES)} file"},
                                    "heatmap": {"type": "string", "enum": ["0", "1"]}}}}}},
                 "responses": {"200": {"description": "the result", "content": {"application/json": {"schema": {
                     "type": "object",
