@@ -26,6 +26,10 @@ def test_bundled_model_is_small_and_its_card_matches_its_metadata():
     assert "not a diagnosis" in card.lower()
     test = meta["metrics"]["test"]
     assert f"Balanced accuracy **{test['balanced_accuracy']:.3f}**" in card
+    # By patient group and the referral AUC, added through the file (scripts/add_subgroups.py), on the card too.
+    assert [line.split(":")[0] for line in test["subgroups"]] == ["by sex", "by age", "by site"]
+    assert all(f"- {line}" in card.split("## Test split")[1] for line in test["subgroups"])
+    assert 0.8 < test["referral_auc"] < 1 and f"AUC {test['referral_auc']:.3f} (measured through this file)" in card
     for network in meta.get("members") or [meta]:  # every network's recipe, for an ensemble each member's
         assert json.dumps(network["train_config"]) in card
     # Float16 weights kept the validation score of the PyTorch model they came from (checked at export). One photo

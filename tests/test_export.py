@@ -178,3 +178,43 @@ def test_the_card_shows_the_test_split_by_patient_group(tiny_onnx, prepared32, t
     assert all(f"- {line}" in text for line in lines)
     assert text.index("## Test split") < text.index("- by sex: ") < text.index("## Checking the test figures")
     assert f"by the referral score: AUC {metrics['referral_auc']:.3f}." in text.split("## Test split")[1]
+
+
+def test_add_subgroups_gives_an_older_card_its_patient_groups_and_referral_auc(tiny_onnx, prepared32, tmp_path,
+                                                                               monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from skinlesion.card import add_to_card, read_card
+    from skinlesion.evaluate import evaluate_model
+    older = tmp_path / "model.onnx"  # a file whose card has each split's figures but not these two (before 2026-12-02)
+    shutil.copy(tiny_onnx, older)
+    monkeypatch.chdir(tmp_path)  # evaluate's reports of an .onnx file go to the current folder
+    full = {split: evaluate_model(older, prepared32, split, tmp_path / f"first-{split}")[0]
+            for split in ("val", "test")}
+    add_to_card(older, "metrics", {split: {k: v for k, v in m.items() if k not in ("subgroups", "referral_auc")}
+                                   for split, m in full.items()})
+    (tmp_path / "MODEL_CARD.md").write_text("an older rendering")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "add_subgroups.py"
+    done = subprocess.run([sys.executable, str(script), str(older), str(prepared32)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = read_card(older)["metrics"]
+    for split in ("val", "test"):
+        lines = full[split]["subgroups"]
+        assert [line.split(":")[0] for line in lines] == ["by sex", "by age", "by site"]
+        assert metrics[split]["subgroups"] == lines and metrics[split]["referral_auc"] == full[split]["referral_auc"]
+        assert metrics[split]["measured_through_file"] == ["subgroups", "referral_auc"]
+        assert metrics[split]["balanced_accuracy"] == full[split]["balanced_accuracy"]  # the rest left as it was
+        assert f"{split}: {lines[0]}" in done.stdout and (tmp_path / f"eval-model-{split}" / "subgroups.csv").is_file()
+    text = (tmp_path / "MODEL_CARD.md").read_text()  # rendered again
+    test_section = text.split("## Test split")[1]
+    assert "by patient group (measured through this file); a group's classes differ" in test_section
+    assert f"AUC {metrics['test']['referral_auc']:.3f} (measured through this file)." in test_section
+    assert all(f"- {line}" in test_section for line in metrics["test"]["subgroups"])
+    done = subprocess.run([sys.executable, str(script), str(older), str(tmp_path / "nowhere")], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "error: " in done.stderr and "nowhere" in done.stderr
+    assert "Traceback" not in done.stderr

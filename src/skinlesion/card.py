@@ -58,7 +58,13 @@ def referral_auc_text(metrics: dict) -> str:
     if metrics.get("referral_auc") is None:
         return ""
     return (f" Cancers and pre-cancers against benign lesions by the referral score: AUC "
-            f"{metrics['referral_auc']:.3f}.")
+            f"{metrics['referral_auc']:.3f}{through_file(metrics, 'referral_auc')}.")
+
+
+def through_file(metrics: dict, key: str) -> str:
+    """Say so where a figure was added to the card by scripts/add_subgroups.py, through the exported file, beside
+    figures measured in PyTorch."""
+    return " (measured through this file)" if key in metrics.get("measured_through_file", ()) else ""
 
 
 def referral_line(rule: dict) -> str:
@@ -138,7 +144,8 @@ def write_model_card(onnx_path: Path, out: Path) -> Path:
                   "| class | " + " | ".join(m["recall"]) + " |", "|---|" + "---:|" * len(m["recall"]),
                   "| recall | " + " | ".join("-" if r is None else f"{r:.3f}" for r in m["recall"].values()) + " |", ""]
         if isinstance(m.get("subgroups"), list):  # evaluate's lines by sex, age and site (subgroups.py)
-            lines += ["Balanced accuracy (photos) by patient group; a group's classes differ, so compare with care:",
+            lines += [f"Balanced accuracy (photos) by patient group{through_file(m, 'subgroups')}; a group's classes "
+                      f"differ, so compare with care:",
                       "", *[f"- {line}" for line in m["subgroups"]], ""]
     lines += reproduce_lines(onnx_path, card)
     lines += ["## Data and limitations", ""] + data_lines(card.get("data")) + [
