@@ -18,14 +18,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update"]
 
 
-@pytest.fixture(scope="module")
-def live_server(tiny_onnx):
+def serve(*options: str):
+    """Start `skinlesion serve` under gunicorn on a free port with these options; yield its URL; stop it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "skinlesion", "serve", "--model", str(tiny_onnx),
-                               "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([sys.executable, "-m", "skinlesion", "serve", *options, "--port", str(port),
+                               "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -40,6 +39,17 @@ def live_server(tiny_onnx):
     yield url
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_onnx):
+    yield from serve("--model", str(tiny_onnx))
+
+
+@pytest.fixture(scope="module")
+def bundled_server():
+    """The bundled model, whose card has what the tiny one's lacks: test figures, groups, the referral rule."""
+    yield from serve()
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +160,15 @@ def axe_violations(page) -> list[str]:
 
 
 @pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 800}])
-def test_every_page_and_state_passes_axe(live_server, browser, lesion_jpeg, tmp_path, viewport):
+def test_every_page_and_state_passes_axe(live_server, bundled_server, browser, lesion_jpeg, tmp_path, viewport):
     photo, text = tmp_path / "lesion.jpg", tmp_path / "notes.txt"
     photo.write_bytes(lesion_jpeg)
     text.write_text("this is not a photo")
     page = browser.new_page(viewport=viewport)
-    for path in ("/", "/about", "/no-such-page"):
-        page.goto(live_server + path)
-        assert axe_violations(page) == [], path
+    for url in (live_server + "/", live_server + "/about", live_server + "/no-such-page", bundled_server + "/about"):
+        page.goto(url)
+        assert axe_violations(page) == [], url
+    assert page.locator("h2", has_text="By patient group").is_visible()  # the bundled card's sections were checked
     page.goto(live_server)
     page.set_input_files("#file", str(photo))
     page.click("#analyse")

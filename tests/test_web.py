@@ -52,6 +52,11 @@ def test_the_model_page_says_what_the_served_model_was_trained_on_and_where_it_i
     rule = read_card(BUNDLED_MODEL)["referral"]
     assert (f"together reach <strong>{rule['threshold']:.0%}</strong>" in bundled
             and f"it referred {rule['test']['sensitivity']:.1%} of them" in bundled)
+    # Its test figures by sex, age and site; a card without them (or with the reason they were not scored) has none.
+    groups = read_card(BUNDLED_MODEL)["metrics"]["test"]["subgroups"]
+    assert "<h2>By patient group</h2>" in bundled and all(f"<li>{line}</li>" in bundled for line in groups)
+    assert "By patient group" not in about  # the tiny model's card has no test figures
+    assert views.patient_groups({"metrics": {"test": {"subgroups": "not scored: no metadata CSV"}}}) == []
 
 
 def test_predict_returns_every_class_risk_and_heatmap(client, lesion_jpeg):

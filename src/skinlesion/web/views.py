@@ -130,11 +130,19 @@ def limitations(card: dict) -> list[str]:
             "direction."]
 
 
+def patient_groups(card: dict) -> list[str]:
+    """The card's test-split lines by sex, age and site (evaluate's subgroups), if it has them: a list, not the
+    string saying why they were not scored."""
+    lines = card.get("metrics", {}).get("test", {}).get("subgroups")
+    return lines if isinstance(lines, list) else []
+
+
 @bp.get("/about")
 def about():
     p = predictor()
     return render_template("about.html", card=p.card, version=p.version, classes=[BY_CODE[c] for c in p.classes],
-                           limitations=limitations(p.card), disclaimer=DISCLAIMER_DETAIL)
+                           limitations=limitations(p.card), patient_groups=patient_groups(p.card),
+                           disclaimer=DISCLAIMER_DETAIL)
 
 
 @bp.get("/healthz")
