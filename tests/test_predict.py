@@ -202,6 +202,34 @@ def test_predict_refuses_a_batch_size_below_one_before_reading_a_photo(image_fol
     assert result.exit_code == 2 and "Invalid value for '--batch-size'" in result.output, result.output
 
 
+def test_predict_writes_the_web_pages_heatmap_of_each_photo_it_assesses(tiny_onnx, image_folder, tmp_path):
+    Image.open(sorted(image_folder.glob("ISIC_*.jpg"))[0]).convert("L").save(image_folder / "grey.png")
+    heatmaps = tmp_path / "heatmaps"
+    result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--heatmaps",
+                                       str(heatmaps), "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    photos = sorted(image_folder.glob("ISIC_*.jpg"))
+    assert sorted(path.name for path in heatmaps.iterdir()) == [f"{p.stem}.heatmap.png" for p in photos]
+    assert "wrote 5 heatmaps" in result.output and "none for the 1 photos the web app would not assess" in result.output
+    predictor = Predictor(tiny_onnx)
+    for photo in photos:  # the same picture as the page's, though the photos ran in batches here
+        page = Image.open(io.BytesIO(base64.b64decode(predictor.assess(photo, heatmap=True).heatmap_png)))
+        written = Image.open(heatmaps / f"{photo.stem}.heatmap.png")
+        assert written.size == page.size
+        assert np.abs(np.asarray(written, dtype=int) - np.asarray(page, dtype=int)).max() <= 2
+
+
+def test_predict_refuses_heatmaps_that_would_overwrite_each_other(tiny_onnx, image_folder, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(sorted(image_folder.glob("ISIC_*.jpg"))[0], other)
+    heatmaps = tmp_path / "heatmaps"
+    result = CliRunner().invoke(main, ["predict", str(image_folder), str(other), "--model", str(tiny_onnx),
+                                       "--heatmaps", str(heatmaps)])
+    assert result.exit_code == 1 and "occur more than once among the inputs" in result.output
+    assert not heatmaps.exists()
+
+
 def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):
     result = CliRunner().invoke(main, ["predict", str(image_folder), "--model", str(tiny_onnx), "--format", "isic2018"])
     assert result.exit_code == 2 and "--format isic2018" in result.output and "--output" in result.output

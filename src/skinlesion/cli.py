@@ -262,7 +262,10 @@ def export(model_path, out, prepared_dir, fp16, card_path, referral_sensitivity)
               "eight probabilities.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Photos per onnxruntime call.")
-def predict(inputs, model_path, output, output_format, batch_size):
+@click.option("--heatmaps", "heatmap_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write each photo's heatmap (where the model looked for its top class, as the web page shows "
+              "it) to this folder as NAME.heatmap.png.")
+def predict(inputs, model_path, output, output_format, batch_size, heatmap_dir):
     """Classify image files and folders (a research tool, not a diagnosis)."""
     from collections import Counter
 
@@ -276,7 +279,14 @@ def predict(inputs, model_path, output, output_format, batch_size):
 
     def run():
         files, problems = image_files(list(inputs))
-        rows, failed = predictor.predict_files(files, batch_size)
+        if heatmap_dir:  # one heatmap file per name: two photos of one name would overwrite each other's
+            repeated = sorted(name for name, count in Counter(path.stem for path in files).items() if count > 1)
+            if repeated:
+                raise ValueError(f"--heatmaps {heatmap_dir}: {len(repeated)} file name(s) occur more than once among "
+                                 f"the inputs ({', '.join(repeated[:3])}); their heatmaps would overwrite each other, "
+                                 f"so pass one folder at a time")
+            heatmap_dir.mkdir(parents=True, exist_ok=True)
+        rows, failed = predictor.predict_files(files, batch_size, heatmap_dir)
         return rows, problems + failed
 
     rows, problems = fail_cleanly(run)
@@ -293,6 +303,9 @@ def predict(inputs, model_path, output, output_format, batch_size):
         for row in rows:
             click.echo(predictor.table_row(row))
     refused = [row.image for row in rows if row.cannot_assess]
+    if heatmap_dir:
+        click.echo(f"wrote {len(rows) - len(refused)} heatmaps to {heatmap_dir}"
+                   + (f" (none for the {len(refused)} photos the web app would not assess)" if refused else ""))
     if refused and output and output_format != "assessments":
         click.echo(f"note: the web app would not assess {len(refused)} of these {len(rows)} photos as skin photos "
                    f"({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); they have rows in {output} "

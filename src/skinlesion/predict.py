@@ -163,20 +163,27 @@ class Predictor:
         if reason:
             return Assessment(assessable=False, reason=reason)
         probs, maps = self.run(pixels[None])
-        shape = image.info["original_size"] if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
         probabilities = self.all_codes(probs[0])
         answer = self.answer(probabilities)
-        class_map = maps[0, self.classes.index(answer["label"])]
         return Assessment(assessable=True, probabilities=probabilities,
                           **{k: v for k, v in answer.items() if k != "probability"},
-                          heatmap_png=heatmap_overlay(pixels, class_map, shape) if heatmap else None,
+                          heatmap_png=self.heatmap(image, pixels, maps[0], answer["label"]) if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
-    def predict_files(self, paths: list[Path], batch_size: int = 32) -> tuple[list[FilePrediction], list]:
-        """Classify image files in batches; return (one FilePrediction per readable photo, problems)."""
+    def heatmap(self, image: Image.Image, pixels: np.ndarray, maps: np.ndarray, label: str) -> str:
+        """The class activation map of `label` (one image's `maps`, as run gives them) over the model's view of the
+        image, shaped as the photo where the model squashed it; a base64 PNG."""
+        shape = image.info["original_size"] if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
+        return heatmap_overlay(pixels, maps[self.classes.index(label)], shape)
+
+    def predict_files(self, paths: list[Path], batch_size: int = 32,
+                      heatmap_dir: Path | None = None) -> tuple[list[FilePrediction], list]:
+        """Classify image files in batches; return (one FilePrediction per readable photo, problems). With
+        `heatmap_dir`, write there each assessable photo's heatmap of its top class as the web app shows it,
+        `<name>.heatmap.png`, as its batch is done."""
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
-            names, batch, seen, refused = [], [], [], []
+            names, batch, images, seen, refused = [], [], [], [], []
             for path in paths[start:start + batch_size]:
                 try:
                     image = open_rgb(path, draft_size=self.size)
@@ -185,13 +192,20 @@ class Predictor:
                     problems.append({"path": str(path), "problem": str(error)})
                     continue
                 batch.append(pixels)
+                images.append(image)
                 names.append(Path(path).stem)
                 seen.append(self.seen_photos.split_of(names[-1], dhash))
                 refused.append(cannot_assess(image, pixels))
-            if batch:
-                probs, _ = self.run(np.stack(batch))
-                rows += [FilePrediction(name, self.all_codes(p), met, reason)
-                         for name, p, met, reason in zip(names, probs, seen, refused)]
+            if not batch:
+                continue
+            probs, maps = self.run(np.stack(batch))
+            done = [FilePrediction(name, self.all_codes(p), met, reason)
+                    for name, p, met, reason in zip(names, probs, seen, refused)]
+            for row, image, pixels, image_maps in zip(done, images, batch, maps):
+                if heatmap_dir is not None and not row.cannot_assess:
+                    png = self.heatmap(image, pixels, image_maps, self.answer(row.probabilities)["label"])
+                    (heatmap_dir / f"{row.image}.heatmap.png").write_bytes(base64.b64decode(png))
+            rows += done
         return rows, problems
 
 
