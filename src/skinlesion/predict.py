@@ -167,13 +167,15 @@ class Predictor:
         answer = self.answer(probabilities)
         return Assessment(assessable=True, probabilities=probabilities,
                           **{k: v for k, v in answer.items() if k != "probability"},
-                          heatmap_png=self.heatmap(image, pixels, maps[0], answer["label"]) if heatmap else None,
+                          heatmap_png=self.heatmap(image.info["original_size"], pixels, maps[0], answer["label"])
+                          if heatmap else None,
                           seen_by_model=self.seen_photos.split_of(name, dhash))
 
-    def heatmap(self, image: Image.Image, pixels: np.ndarray, maps: np.ndarray, label: str) -> str:
+    def heatmap(self, photo_size: tuple[int, int], pixels: np.ndarray, maps: np.ndarray, label: str) -> str:
         """The class activation map of `label` (one image's `maps`, as run gives them) over the model's view of the
-        image, shaped as the photo where the model squashed it; a base64 PNG."""
-        shape = image.info["original_size"] if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
+        image, shaped as the photo (`photo_size`, open_rgb's original_size) where the model squashed it; a base64
+        PNG."""
+        shape = photo_size if self.policy == "squash" else (1, 1)  # the photo's, or the crop's
         return heatmap_overlay(pixels, maps[self.classes.index(label)], shape)
 
     def predict_files(self, paths: list[Path], batch_size: int = 32,
@@ -183,7 +185,7 @@ class Predictor:
         `<name>.heatmap.png`, as its batch is done."""
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
-            names, batch, images, seen, refused = [], [], [], [], []
+            names, batch, sizes, seen, refused = [], [], [], [], []
             for path in paths[start:start + batch_size]:
                 try:
                     image = open_rgb(path, draft_size=self.size)
@@ -192,7 +194,7 @@ class Predictor:
                     problems.append({"path": str(path), "problem": str(error)})
                     continue
                 batch.append(pixels)
-                images.append(image)
+                sizes.append(image.info["original_size"])  # not the image: a batch of large photos is big
                 names.append(Path(path).stem)
                 seen.append(self.seen_photos.split_of(names[-1], dhash))
                 refused.append(cannot_assess(image, pixels))
@@ -201,9 +203,9 @@ class Predictor:
             probs, maps = self.run(np.stack(batch))
             done = [FilePrediction(name, self.all_codes(p), met, reason)
                     for name, p, met, reason in zip(names, probs, seen, refused)]
-            for row, image, pixels, image_maps in zip(done, images, batch, maps):
+            for row, size, pixels, image_maps in zip(done, sizes, batch, maps):
                 if heatmap_dir is not None and not row.cannot_assess:
-                    png = self.heatmap(image, pixels, image_maps, self.answer(row.probabilities)["label"])
+                    png = self.heatmap(size, pixels, image_maps, self.answer(row.probabilities)["label"])
                     (heatmap_dir / f"{row.image}.heatmap.png").write_bytes(base64.b64decode(png))
             rows += done
         return rows, problems
