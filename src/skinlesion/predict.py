@@ -203,10 +203,11 @@ class Predictor:
             probs, maps = self.run(np.stack(batch))
             done = [FilePrediction(name, self.all_codes(p), met, reason)
                     for name, p, met, reason in zip(names, probs, seen, refused)]
-            for row, size, pixels, image_maps in zip(done, sizes, batch, maps):
-                if heatmap_dir is not None and not row.cannot_assess:
-                    png = self.heatmap(size, pixels, image_maps, self.answer(row.probabilities)["label"])
-                    (heatmap_dir / f"{row.image}.heatmap.png").write_bytes(base64.b64decode(png))
+            if heatmap_dir is not None:
+                for row, size, pixels, image_maps in zip(done, sizes, batch, maps):
+                    if not row.cannot_assess:
+                        png = self.heatmap(size, pixels, image_maps, self.answer(row.probabilities)["label"])
+                        (heatmap_dir / f"{row.image}.heatmap.png").write_bytes(base64.b64decode(png))
             rows += done
         return rows, problems
 
