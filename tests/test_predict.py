@@ -228,6 +228,10 @@ def test_predict_refuses_heatmaps_that_would_overwrite_each_other(tiny_onnx, ima
                                        "--heatmaps", str(heatmaps)])
     assert result.exit_code == 1 and "occur more than once among the inputs" in result.output
     assert not heatmaps.exists()
+    repeated = [sorted(image_folder.glob("ISIC_*.jpg"))[0], *other.iterdir()]  # the library refuses them too
+    with pytest.raises(ValueError, match="occur more than once"):
+        Predictor(tiny_onnx).predict_files(repeated, heatmap_dir=heatmaps)
+    assert not heatmaps.exists()
 
 
 def test_predict_refuses_a_format_without_an_output_file(tiny_onnx, image_folder):

@@ -267,9 +267,7 @@ def export(model_path, out, prepared_dir, fp16, card_path, referral_sensitivity)
               "it) to this folder as NAME.heatmap.png.")
 def predict(inputs, model_path, output, output_format, batch_size, heatmap_dir):
     """Classify image files and folders (a research tool, not a diagnosis)."""
-    from collections import Counter
-
-    from skinlesion.predict import OUTPUT_COLUMNS, Predictor, image_files
+    from skinlesion.predict import OUTPUT_COLUMNS, Predictor, image_files, prediction_notes
 
     if output_format != "isic2019" and not output:
         raise click.UsageError(f"--format {output_format} sets the columns of the --output CSV; add --output FILE")
@@ -279,13 +277,6 @@ def predict(inputs, model_path, output, output_format, batch_size, heatmap_dir):
 
     def run():
         files, problems = image_files(list(inputs))
-        if heatmap_dir:  # one heatmap file per name: two photos of one name would overwrite each other's
-            repeated = sorted(name for name, count in Counter(path.stem for path in files).items() if count > 1)
-            if repeated:
-                raise ValueError(f"--heatmaps {heatmap_dir}: {len(repeated)} file name(s) occur more than once among "
-                                 f"the inputs ({', '.join(repeated[:3])}); their heatmaps would overwrite each other, "
-                                 f"so pass one folder at a time")
-            heatmap_dir.mkdir(parents=True, exist_ok=True)
         rows, failed = predictor.predict_files(files, batch_size, heatmap_dir)
         return rows, problems + failed
 
@@ -302,19 +293,12 @@ def predict(inputs, model_path, output, output_format, batch_size, heatmap_dir):
     else:
         for row in rows:
             click.echo(predictor.table_row(row))
-    refused = [row.image for row in rows if row.cannot_assess]
     if heatmap_dir:
-        click.echo(f"wrote {len(rows) - len(refused)} heatmaps to {heatmap_dir}"
-                   + (f" (none for the {len(refused)} photos the web app would not assess)" if refused else ""))
-    if refused and output and output_format != "assessments":
-        click.echo(f"note: the web app would not assess {len(refused)} of these {len(rows)} photos as skin photos "
-                   f"({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); they have rows in {output} "
-                   f"all the same (--format assessments gives the reason for each)", err=True)
-    seen = Counter(row.seen_by_model for row in rows)
-    if seen["train"] or seen["val"]:
-        click.echo(f"note: the model trained on {seen['train']} and validated on {seen['val']} of these {len(rows)} "
-                   f"photos (by file name, or as near-identical pixels: the same photo or lesion); its answers on "
-                   f"them are no test of how it does on new photos", err=True)
+        refused = sum(1 for row in rows if row.cannot_assess)
+        click.echo(f"wrote {len(rows) - refused} heatmaps to {heatmap_dir}"
+                   + (f" (none for the {refused} photos the web app would not assess)" if refused else ""))
+    for note in prediction_notes(rows, output, output_format):
+        click.echo(note, err=True)
     click.echo("Research tool, not a diagnosis: see a dermatologist about any lesion that worries you.", err=True)
 
 

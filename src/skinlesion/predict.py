@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -183,6 +184,13 @@ class Predictor:
         """Classify image files in batches; return (one FilePrediction per readable photo, problems). With
         `heatmap_dir`, write there each assessable photo's heatmap of its top class as the web app shows it,
         `<name>.heatmap.png`, as its batch is done."""
+        if heatmap_dir is not None:  # one heatmap file per name: two photos of one name would overwrite each other's
+            repeated = sorted(name for name, count in Counter(Path(path).stem for path in paths).items() if count > 1)
+            if repeated:
+                raise ValueError(f"--heatmaps {heatmap_dir}: {len(repeated)} file name(s) occur more than once among "
+                                 f"the inputs ({', '.join(repeated[:3])}); their heatmaps would overwrite each other, "
+                                 f"so pass one folder at a time")
+            heatmap_dir.mkdir(parents=True, exist_ok=True)
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
             names, batch, sizes, seen, refused = [], [], [], [], []
@@ -210,6 +218,23 @@ class Predictor:
                         (heatmap_dir / f"{row.image}.heatmap.png").write_bytes(base64.b64decode(png))
             rows += done
         return rows, problems
+
+
+def prediction_notes(rows: list[FilePrediction], output: Path | None, output_format: str) -> list[str]:
+    """Say which photos the web app would refuse, when a submission keeps them, and which the model met in training
+    or validation, whose answers are no test of it."""
+    notes = []
+    refused = [row.image for row in rows if row.cannot_assess]
+    if refused and output and output_format != "assessments":
+        notes.append(f"note: the web app would not assess {len(refused)} of these {len(rows)} photos as skin photos "
+                     f"({', '.join(refused[:3])}{', ...' if len(refused) > 3 else ''}); they have rows in {output} "
+                     f"all the same (--format assessments gives the reason for each)")
+    seen = Counter(row.seen_by_model for row in rows)
+    if seen["train"] or seen["val"]:
+        notes.append(f"note: the model trained on {seen['train']} and validated on {seen['val']} of these {len(rows)} "
+                     f"photos (by file name, or as near-identical pixels: the same photo or lesion); its answers on "
+                     f"them are no test of how it does on new photos")
+    return notes
 
 
 def image_files(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
