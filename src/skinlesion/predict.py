@@ -190,6 +190,7 @@ class Predictor:
                 raise ValueError(f"--heatmaps {heatmap_dir}: {len(repeated)} file name(s) occur more than once among "
                                  f"the inputs ({', '.join(repeated[:3])}); their heatmaps would overwrite each other, "
                                  f"so pass one folder at a time")
+            heatmap_dir = Path(heatmap_dir)
             heatmap_dir.mkdir(parents=True, exist_ok=True)
         rows, problems = [], []
         for start in range(0, len(paths), batch_size):
