@@ -35,15 +35,17 @@ def installed_closure() -> dict[str, str]:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             raise SystemExit(f"{name} is required but not installed: pip install -e \".[train,dev]\" first") from None
+        environments = [{"extra": extra} for extra in extras] or [{"extra": ""}]
         for text in dist.requires or []:
             requirement = Requirement(text)
-            wanted = [{"extra": extra} for extra in extras] or [{"extra": ""}]
-            if requirement.marker and not any(requirement.marker.evaluate(env) for env in wanted):
+            if requirement.marker and not any(requirement.marker.evaluate(env) for env in environments):
                 continue
             key = canonicalize_name(requirement.name)
-            if key not in found or not requirement.extras <= found[key][1]:
-                found[key] = (requirement.name, set(requirement.extras) | found.get(key, (None, set()))[1])
-                todo.append((requirement.name, tuple(found[key][1])))
+            known_extras = found[key][1] if key in found else set()
+            if key in found and requirement.extras <= known_extras:
+                continue  # followed already, with these extras
+            found[key] = (requirement.name, known_extras | requirement.extras)
+            todo.append((requirement.name, tuple(found[key][1])))
     return {key: metadata.version(name) for key, (name, _) in found.items() if key != PROJECT}
 
 
