@@ -28,25 +28,26 @@ HEADER = ("# The versions skinlesion's tests passed with (Linux x86_64, Python 3
 
 def installed_closure() -> dict[str, str]:
     """Return {name: installed version} for every distribution skinlesion[train,dev] requires, directly or not."""
-    found, todo = {}, [(PROJECT, EXTRAS)]
+    extras_followed, versions, todo = {}, {}, [(PROJECT, EXTRAS)]
     while todo:
         name, extras = todo.pop()
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             raise SystemExit(f"{name} is required but not installed: pip install -e \".[train,dev]\" first") from None
+        versions[canonicalize_name(name)] = dist.version
         environments = [{"extra": extra} for extra in extras] or [{"extra": ""}]
         for text in dist.requires or []:
             requirement = Requirement(text)
             if requirement.marker and not any(requirement.marker.evaluate(env) for env in environments):
                 continue
             key = canonicalize_name(requirement.name)
-            known_extras = found[key][1] if key in found else set()
-            if key in found and requirement.extras <= known_extras:
+            if key in extras_followed and requirement.extras <= extras_followed[key]:
                 continue  # followed already, with these extras
-            found[key] = (requirement.name, known_extras | requirement.extras)
-            todo.append((requirement.name, tuple(found[key][1])))
-    return {key: metadata.version(name) for key, (name, _) in found.items() if key != PROJECT}
+            extras_followed[key] = extras_followed.get(key, set()) | requirement.extras
+            todo.append((requirement.name, tuple(extras_followed[key])))
+    versions.pop(PROJECT, None)
+    return versions
 
 
 def constraints_text(versions: dict[str, str]) -> str:
